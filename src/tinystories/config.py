@@ -1,0 +1,152 @@
+"""Model configuration as typed data, and the presets as rows of a table.
+
+Field names are ours (hidden, layers, heads, context); `hf.py` maps them to the
+`transformers` GPT-Neo names (hidden_size, num_layers, attention_types, window_size).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from .errors import UserError
+
+PAPER_VOCAB = 10_000  # the paper keeps GPT-Neo's 10K most frequent tokens
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = PAPER_VOCAB
+    context: int = 512              # learned positions = max sequence length (HF: max_position_embeddings)
+    hidden: int = 64
+    layers: int = 8
+    heads: int = 16
+    # "alternating" = global, local, global, ... (GPT-Neo); or "global", "local", or one entry per layer.
+    attention: str | list[str] = "alternating"
+    window: int = 256               # a local-attention token sees itself and the window-1 tokens before it
+    intermediate: int | None = None  # MLP width; None = 4 * hidden (GPT-Neo), 8/3 * hidden for swiglu
+    dropout: float = 0.0            # embedding, attention and residual dropout alike
+    layer_norm_eps: float = 1e-5
+    scale_attn: bool = False        # GPT-Neo does NOT divide scores by sqrt(head_dim)
+    # The optional "modern" block (issue 9); the defaults are GPT-Neo as the paper trained it.
+    position: str = "learned"       # learned | rope
+    norm: str = "layernorm"         # layernorm | rmsnorm
+    mlp: str = "gelu"               # gelu (gelu_new, tanh approximation) | swiglu
+    rope_theta: float = 10_000.0
+    tie_embeddings: bool = True     # GPT-Neo ties lm_head to the token embedding
+
+    def __post_init__(self):
+        self.validate()
+
+    # -- derived ------------------------------------------------------------
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+    @property
+    def mlp_width(self) -> int:
+        if self.intermediate is not None:
+            return self.intermediate
+        if self.mlp == "swiglu":
+            return _round_up(int(8 * self.hidden / 3), 8)
+        return 4 * self.hidden
+
+    @property
+    def layer_types(self) -> list[str]:
+        a = self.attention
+        if isinstance(a, (list, tuple)):
+            return list(a)
+        if a == "alternating":
+            return ["global" if i % 2 == 0 else "local" for i in range(self.layers)]
+        return [a] * self.layers
+
+    # -- checks -------------------------------------------------------------
+    def validate(self) -> None:
+        def bad(msg):
+            raise UserError(f"model config: {msg}")
+
+        for name in ("vocab_size", "context", "hidden", "layers", "heads", "window"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                bad(f"{name} must be a positive integer, got {v!r}")
+        if self.hidden % self.heads:
+            bad(f"heads ({self.heads}) must divide hidden ({self.hidden})")
+        if self.position == "rope" and self.head_dim % 2:
+            bad(f"rope needs an even head size, got {self.head_dim}")
+        if not 0.0 <= self.dropout < 1.0:
+            bad(f"dropout must be in [0, 1), got {self.dropout}")
+        if isinstance(self.attention, str) and self.attention not in ("alternating", "global", "local"):
+            bad(f"attention must be alternating, global, local or a list, got {self.attention!r}")
+        types = self.layer_types
+        if len(types) != self.layers or any(t not in ("global", "local") for t in types):
+            bad(f"attention list must have {self.layers} entries of 'global'/'local', got {types}")
+        for name, allowed in (("position", ("learned", "rope")), ("norm", ("layernorm", "rmsnorm")),
+                              ("mlp", ("gelu", "swiglu"))):
+            if getattr(self, name) not in allowed:
+                bad(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+
+    # -- (de)serialisation ---------------------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise UserError(f"model config: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**d)
+
+    def replace(self, **overrides) -> "ModelConfig":
+        return ModelConfig.from_dict({**self.to_dict(), **overrides})
+
+
+def _round_up(x: int, m: int) -> int:
+    return (x + m - 1) // m * m
+
+
+# ------------------------------------------------------------------ presets
+# One row per preset: name -> fields that differ from ModelConfig's defaults.
+# The paper's released shapes (roneneldan/TinyStories-*), all 16 heads, window 256.
+_PAPER = {
+    "1M": dict(hidden=64, layers=8),
+    "3M": dict(hidden=128, layers=8),
+    "8M": dict(hidden=256, layers=8),
+    "28M": dict(hidden=512, layers=8),
+    "33M": dict(hidden=768, layers=4),
+    "1Layer-21M": dict(hidden=1024, layers=1, attention="global"),
+    "2Layers-33M": dict(hidden=1024, layers=2, attention=["global", "local"]),
+}
+
+PRESETS: dict[str, dict] = {}
+for _name, _row in _PAPER.items():
+    PRESETS[_name] = dict(heads=16, **_row)
+for _name, _row in _PAPER.items():  # head size 64: heads = hidden / 64
+    PRESETS[f"{_name}-hs64"] = dict(_row, heads=max(1, _row["hidden"] // 64))
+# The seed's nanoGPT configuration: meant to be 10M, really 30M because of the 50K vocabulary.
+PRESETS["seed-nanogpt"] = dict(hidden=384, layers=6, heads=6, context=256, dropout=0.2,
+                               vocab_size=50304, attention="global", scale_attn=True)
+
+
+def preset_config(name: str, **overrides) -> ModelConfig:
+    """The named preset, with any field overridden (vocab_size, context, dropout, heads, ...)."""
+    if name not in PRESETS:
+        raise UserError(f"unknown preset {name!r}; choose from: {', '.join(PRESETS)}")
+    return ModelConfig.from_dict({**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}})
+
+
+def parameter_counts(cfg: ModelConfig) -> dict[str, int]:
+    """Parameters split as the paper's sizes need: token embedding, positions, and the rest.
+
+    With tied embeddings the output layer is the embedding, so it is not counted twice.
+    """
+    h, f = cfg.hidden, cfg.mlp_width
+    norm = 2 * h if cfg.norm == "layernorm" else h
+    attn = 3 * h * h + h * h + h                   # q, k, v (no bias) + out_proj (bias)
+    mlp = 3 * h * f if cfg.mlp == "swiglu" else (h * f + f + f * h + h)
+    rest = cfg.layers * (2 * norm + attn + mlp) + norm
+    if not cfg.tie_embeddings:
+        rest += cfg.vocab_size * h
+    emb = cfg.vocab_size * h
+    pos = cfg.context * h if cfg.position == "learned" else 0
+    return {"embedding": emb, "position": pos, "rest": rest, "total": emb + pos + rest}

@@ -1,0 +1,205 @@
+"""GPT-Neo as the TinyStories paper trained it, in plain PyTorch.
+
+Learned absolute positions, pre-LayerNorm blocks, attention layers alternating global
+and local (a local token sees itself and the `window - 1` tokens before it), attention
+scores NOT divided by sqrt(head_dim), a 4x GELU (tanh) MLP, lm_head tied to the token
+embedding. `hf.py` maps these weights to and from `transformers`' GPTNeoForCausalLM.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import ModelConfig
+
+
+class KVCache:
+    """Preallocated keys and values for incremental decoding, one buffer pair per layer.
+
+    `reorder` follows beams. Local layers read back only the last `window` keys.
+    """
+
+    def __init__(self, cfg: ModelConfig, batch: int, max_len: int, device=None, dtype=torch.float32):
+        assert max_len <= cfg.context, "cache longer than the position table"
+        shape = (batch, cfg.heads, max_len, cfg.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.layers)]
+        self.max_len = max_len
+
+    def update(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor, lo: int = 0):
+        end = start + k.size(2)
+        assert end <= self.max_len, "KV cache overflow: the caller must slide the window"
+        self.k[layer][:, :, start:end] = k
+        self.v[layer][:, :, start:end] = v
+        return self.k[layer][:, :, lo:end], self.v[layer][:, :, lo:end]
+
+    def reorder(self, index: torch.Tensor) -> None:
+        self.k = [t.index_select(0, index) for t in self.k]
+        self.v = [t.index_select(0, index) for t in self.v]
+
+
+def attention_mask(q_start: int, q_len: int, k_start: int, k_len: int, window: int | None, device) -> torch.Tensor:
+    """Boolean [q_len, k_len] mask, True = may attend. Positions are absolute."""
+    qi = torch.arange(q_start, q_start + q_len, device=device)[:, None]
+    kj = torch.arange(k_start, k_start + k_len, device=device)[None, :]
+    allowed = kj <= qi
+    if window is not None:
+        allowed &= kj > qi - window
+    return allowed
+
+
+def rope_tables(cfg: ModelConfig, device=None):
+    inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, device=device).float() / cfg.head_dim))
+    ang = torch.outer(torch.arange(cfg.context, device=device).float(), inv)  # [context, head_dim/2]
+    return torch.cos(ang), torch.sin(ang)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # x: [B, H, T, D]; rotate pairs (first half, second half) as in GPT-NeoX / Llama.
+    d = x.size(-1) // 2
+    x1, x2 = x[..., :d], x[..., d:]
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.layer = layer
+        self.heads, self.head_dim = cfg.heads, cfg.head_dim
+        self.window = cfg.window if cfg.layer_types[layer] == "local" else None
+        self.scale = 1.0 / math.sqrt(cfg.head_dim) if cfg.scale_attn else 1.0
+        self.dropout = cfg.dropout
+        self.qkv = nn.Linear(cfg.hidden, 3 * cfg.hidden, bias=False)  # HF: q_proj, k_proj, v_proj stacked
+        self.out_proj = nn.Linear(cfg.hidden, cfg.hidden, bias=True)
+        self.resid_drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, rope=None, cache: KVCache | None = None, start: int = 0):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        if rope is not None:
+            cos, sin = rope[0][start:start + T], rope[1][start:start + T]
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+
+        k_start = 0
+        if cache is not None:
+            # A local layer never looks further back than its window, so it reads only that slice.
+            if self.window is not None:
+                k_start = max(0, start - self.window + 1)
+            k, v = cache.update(self.layer, start, k, v, lo=k_start)
+
+        dropout = self.dropout if self.training else 0.0
+        S = k.size(2)
+        if start == 0 and k_start == 0 and S == T and self.window is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout, scale=self.scale)
+        elif T == 1 and (self.window is None or S <= self.window):
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=self.scale)
+        else:
+            mask = attention_mask(start, T, k_start, S, self.window, x.device)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=self.scale)
+        y = y.transpose(1, 2).reshape(B, T, C)
+        return self.resid_drop(self.out_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.hidden, cfg.mlp_width)
+        self.c_proj = nn.Linear(cfg.mlp_width, cfg.hidden)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        return self.drop(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))  # HF's gelu_new
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate_up = nn.Linear(cfg.hidden, 2 * cfg.mlp_width, bias=False)
+        self.down = nn.Linear(cfg.mlp_width, cfg.hidden, bias=False)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.drop(self.down(F.silu(gate) * up))
+
+
+def make_norm(cfg: ModelConfig) -> nn.Module:
+    if cfg.norm == "rmsnorm":
+        return nn.RMSNorm(cfg.hidden, eps=cfg.layer_norm_eps)
+    return nn.LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.ln_1 = make_norm(cfg)
+        self.attn = SelfAttention(cfg, layer)
+        self.ln_2 = make_norm(cfg)
+        self.mlp = SwiGLU(cfg) if cfg.mlp == "swiglu" else MLP(cfg)
+
+    def forward(self, x, rope=None, cache=None, start=0):
+        x = x + self.attn(self.ln_1(x), rope, cache, start)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPTNeo(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.hidden)
+        self.wpe = nn.Embedding(cfg.context, cfg.hidden) if cfg.position == "learned" else None
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.layers))
+        self.ln_f = make_norm(cfg)
+        self.lm_head = nn.Linear(cfg.hidden, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.wte.weight
+        if cfg.position == "rope":
+            cos, sin = rope_tables(cfg)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        # GPT-Neo's init: N(0, 0.02) for matrices and embeddings, zero biases.
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())  # parameters() yields tied weights once
+
+    def new_cache(self, batch: int, max_len: int | None = None, dtype=None) -> KVCache:
+        p = self.wte.weight
+        return KVCache(self.config, batch, max_len or self.config.context, p.device, dtype or p.dtype)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
+                cache: KVCache | None = None, start: int = 0, last_only: bool = False):
+        """idx [B, T] token ids at absolute positions start..start+T-1.
+
+        Returns the mean cross-entropy when `targets` is given (-1 = ignore), else logits
+        [B, T, V] (or [B, 1, V] with `last_only`, which is all that sampling needs).
+        """
+        B, T = idx.shape
+        assert start + T <= self.config.context, f"sequence of {start + T} exceeds context {self.config.context}"
+        x = self.wte(idx)
+        if self.wpe is not None:
+            x = x + self.wpe(torch.arange(start, start + T, device=idx.device))
+        x = self.drop(x)
+        rope = (self.rope_cos, self.rope_sin) if self.wpe is None else None
+        for block in self.blocks:
+            x = block(x, rope, cache, start)
+        x = self.ln_f(x)
+        if targets is not None:
+            logits = self.lm_head(x)
+            return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        if last_only:
+            x = x[:, -1:, :]
+        return self.lm_head(x)

@@ -1,0 +1,65 @@
+"""Shared test fixtures: where the real TinyStories slices live, and how to run the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("TINYSTORIES_QUIET", "1")  # no progress bars in test logs
+
+
+def _find_shared() -> Path:
+    env = os.environ.get("TINYSTORIES_SHARED_DATA")
+    if env:
+        return Path(env)
+    for parent in [REPO, *REPO.parents]:
+        cand = parent / "shared" / "data" / "tinystories"
+        if cand.is_dir():
+            return cand
+    raise RuntimeError("cannot find shared/data/tinystories beside the checkout; set TINYSTORIES_SHARED_DATA")
+
+
+SHARED = _find_shared()
+TRAIN_TXT = SHARED / "TinyStories-train-head.txt"
+TRAIN_V2_TXT = SHARED / "TinyStoriesV2-GPT4-train-head.txt"
+TRAIN_JSON = SHARED / "tinystories-sample-3000.json"
+VALID_TXT = SHARED / "TinyStories-subset-valid.txt"
+EVAL_PROMPTS = SHARED / "Evaluation prompts.yaml"
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    return SHARED
+
+
+def cli_env(extra: dict | None = None) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    env["TINYSTORIES_QUIET"] = "1"
+    env.update(extra or {})
+    return env
+
+
+def run_cli(*args, check: bool = False, timeout: float = 600, env: dict | None = None, cwd=None,
+            input: str | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m tinystories ARGS...` as a user would; returns the CompletedProcess (text mode)."""
+    proc = subprocess.run([sys.executable, "-m", "tinystories", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=cli_env(env), cwd=cwd, input=input)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"tinystories {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    """A user error: non-zero exit, one line on stderr, no traceback, naming what was wrong."""
+    assert proc.returncode != 0, proc.stdout
+    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert len(lines) == 1, proc.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
