@@ -13,8 +13,9 @@ import sys
 
 from ..errors import UserError
 
-# Order is the pipeline's order, which is also the order of `tinystories --help`.
-COMMANDS = ["prepare", "presets", "train", "generate", "evaluate", "instruct", "export"]
+# Order is the pipeline's order, which is also the order of `tinystories --help`:
+# prepare, presets, train, generate, evaluate, instruct, export.
+COMMANDS: list[str] = []
 
 
 def build_parser() -> argparse.ArgumentParser:
