@@ -63,3 +63,35 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> N
     assert len(lines) == 1, proc.stderr
     for n in needles:
         assert n in lines[0], lines[0]
+
+
+# ---------------------------------------------------------------- a small prepared DATA_DIR
+
+TINY_TRAIN_STORIES = 400
+TINY_VAL_STORIES = 100
+
+
+def _head_stories(path: Path, n: int) -> list[str]:
+    from tinystories.sources import iter_stories
+
+    out = []
+    for story in iter_stories(path):
+        out.append(story)
+        if len(out) == n:
+            break
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """A small prepared DATA_DIR for tests: the first 400 stories of the shared train head, the first
+    100 of the shared valid file as val, our BPE with vocab 512 (~140K train, ~37K val tokens)."""
+    from tinystories.prepare import prepare
+
+    root = tmp_path_factory.mktemp("tiny_data")
+    train_txt, val_txt = root / "train.txt", root / "val.txt"
+    for path, src, n in ((train_txt, TRAIN_TXT, TINY_TRAIN_STORIES), (val_txt, VALID_TXT, TINY_VAL_STORIES)):
+        path.write_text("".join(f"{s}\n<|endoftext|>\n" for s in _head_stories(src, n)), encoding="utf-8")
+    out = root / "data"
+    prepare([train_txt], out, tokenizer="bpe", vocab_size=512, val=[val_txt])
+    return out
