@@ -182,10 +182,12 @@ class _Writer:
             self.fh[split].write(arr.tobytes())
             self.stats[split].tokens += len(arr)
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
         try:
-            self._flush()
-            self.pending.result()
+            if not abort:
+                self._flush()
+            if self.pending is not None:
+                self.pending.result()
         finally:
             self.pool.shutdown()
             for f in self.fh.values():
@@ -277,8 +279,10 @@ def prepare(sources: Sequence[str | os.PathLike] | str | os.PathLike, out: str |
             try:
                 for split, story in plan.stories(bar, SPLITS, stats):
                     writer.add(split, story)
-            finally:
-                writer.close()
+            except BaseException:
+                writer.close(abort=True)  # the temp dir goes: no need to finish the last batch
+                raise
+            writer.close()
         for s in SPLITS:
             if stats[s].stories == 0:
                 raise UserError(_empty_split_message(s, plan, stats))
@@ -389,11 +393,11 @@ class DataDir:
 
     def stories(self, split: str = "val") -> Iterator[str]:
         """Decode a split back into its stories (for checks and small-data tools)."""
+        import numpy as np
+
         tok = self.tokenizer()
         data = self.split(split)
         start = 0
-        import numpy as np
-
         for end in np.flatnonzero(np.asarray(data) == self.eot_id):
             yield tok.decode(data[start:end].tolist())
             start = end + 1
@@ -427,7 +431,10 @@ def load_data_dir(path: str | os.PathLike, option: str = "--data") -> DataDir:
         f = path / f"{s}.bin"
         if not f.is_file():
             raise UserError(f"{option} {path}: {s}.bin is missing; prepare the directory again")
-        want = int(meta["splits"][s]["tokens"]) * 2
+        try:
+            want = int(meta["splits"][s]["tokens"]) * 2
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"{option} {meta_path}: no token count for the {s} split; prepare the directory again") from None
         if f.stat().st_size != want:
             raise UserError(f"{option} {f}: {f.stat().st_size} bytes, meta.json says {want}; "
                             f"the file is truncated or changed, prepare the directory again")
