@@ -1,0 +1,95 @@
+"""`tinystories train`: train a model on a prepared DATA_DIR into a run directory."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "train", help="train a model on a DATA_DIR (resumable, on CPU, one GPU or torchrun)",
+        description="Train a GPT-Neo model on a DATA_DIR from `tinystories prepare`. Settings come from the "
+                    "defaults, then --config, then the options here, then --set. Several GPUs: "
+                    "torchrun --nproc_per_node=K -m tinystories train ...",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  tinystories train --data data/ts --preset 1M --max-time 10m --out runs/1M\n"
+               "  tinystories train --data data/ts --config paper --preset 8M --max-steps 2000 --out runs/8M\n"
+               "  tinystories train --out runs/1M --resume --max-time 20m\n"
+               "  tinystories train --data data/ts --preset 3M --set lr=3e-3 --set model.dropout=0.1 "
+               "--max-tokens 5e6 --out runs/3M")
+    p.add_argument("--data", metavar="DATA_DIR", help="prepared data (tokenizer, train.bin, val.bin, meta.json)")
+    p.add_argument("--preset", help="model shape, e.g. 1M, 8M, 33M, 8M-hs64 (see `tinystories presets`)")
+    p.add_argument("--out", metavar="RUN_DIR", required=True, help="the run directory (a model directory plus state)")
+    p.add_argument("--max-steps", type=int, metavar="N", help="stop after N optimizer steps")
+    p.add_argument("--max-tokens", metavar="N", help="stop after N training tokens (e.g. 5e6)")
+    p.add_argument("--max-time", metavar="DURATION", help="stop after this much wall time (90s, 20m, 1.5h)")
+    p.add_argument("--config", metavar="FILE.toml|NAME", help="a recipe: a TOML file or a shipped name (paper, seed-nanogpt)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one setting (lr=3e-4, batch_size=16, model.dropout=0.1); repeatable")
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
+    p.add_argument("--resume", action="store_true", help="continue RUN_DIR from its newest checkpoint")
+    p.add_argument("--force", action="store_true", help="replace an existing RUN_DIR instead of refusing")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..errors import UserError
+    from ..utils import parse_duration
+
+    if args.resume and args.force:
+        raise UserError("--resume and --force contradict each other: continue the run, or replace it")
+    max_tokens = None
+    if args.max_tokens is not None:
+        try:
+            max_tokens = int(float(args.max_tokens))
+        except ValueError:
+            raise UserError(f"--max-tokens {args.max_tokens!r}: expected a number, e.g. 5e6") from None
+    max_time = parse_duration(args.max_time, "--max-time") if args.max_time is not None else None
+
+    from ..train import CONFIG_FILE, build_config, train
+
+    base = None
+    if args.resume:
+        saved = Path(args.out) / CONFIG_FILE
+        if not saved.is_file():
+            raise UserError(f"--resume: {args.out} is not a training run directory (no {CONFIG_FILE})")
+        base = json.loads(saved.read_text())
+    cfg = build_config(recipe=args.config, sets=args.sets, base=base, data=args.data, out=args.out,
+                       preset=args.preset, max_steps=args.max_steps, max_tokens=max_tokens, max_time=max_time,
+                       device=args.device)
+    summary = train(cfg, resume=args.resume, force=args.force)
+    if summary.get("processes", 1) > 1:
+        import os
+        if os.environ.get("RANK", "0") != "0":
+            return 0
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(format_summary(summary))
+    if summary.get("stopped") == "interrupted":
+        print(f"tinystories train: interrupted at step {summary['steps']}; checkpoint saved, "
+              f"continue with: tinystories train --out {args.out} --resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+def format_summary(s: dict) -> str:
+    from ..utils import format_duration
+
+    lines = [
+        f"run       {s['run_dir']}  ({s['preset']}, {s['parameters'] / 1e6:.2f}M parameters)",
+        f"trained   {s['steps']:,} steps, {s['tokens']:,} tokens in {format_duration(s['time_s'])}: "
+        f"{s['tokens_per_s']:,.0f} tokens/s ({s['device']}, {s['precision']}, {s['threads']} threads"
+        f"{', %d processes' % s['processes'] if s['processes'] > 1 else ''}); stopped by {s['stopped']}",
+    ]
+    if "val_loss" in s:
+        bpb = f", {s['val_bpb']:.4f} bits per byte" if "val_bpb" in s else ""
+        lines.append(f"val       {s['val_loss']:.4f} nats/token{bpb} ({s['val_tokens']:,} tokens)")
+    for i, text in enumerate(s.get("samples", []), 1):
+        lines.append(f"\n--- sample {i} ---\n{text}")
+    return "\n".join(lines)

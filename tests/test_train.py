@@ -1,0 +1,397 @@
+"""Training: run directory contents, exact resume after SIGKILL, DDP on CPU (gloo), NaN stop,
+checkpoint atomicity under kill -9, recipes and config validation, and each bad input via the CLI.
+
+Every run trains a tiny GPT-Neo (hidden 32, 2 layers, context 64) on real TinyStories for seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, TRAIN_TXT, VALID_TXT, assert_one_line_error, cli_env, run_cli
+from tinystories import checkpoint as ckpt
+from tinystories.errors import UserError
+from tinystories.modeldir import load_model
+from tinystories.tokenizer import EOT, train_bpe
+from tinystories.train import (TokenWindows, TrainConfig, build_config, load_recipe, lr_at, recipe_names,
+                               train)
+
+# The tiny model and batch every test uses (as --set arguments and as a TrainConfig).
+TINY = {"preset": "1M", "model": {"hidden": 32, "layers": 2, "heads": 2, "context": 64},
+        "batch_size": 4, "threads": 1, "precision": "fp32", "eval_tokens": 4096, "final_eval_tokens": 8192}
+TINY_ARGS = ["--preset", "1M", "--set", "model.hidden=32", "--set", "model.layers=2", "--set", "model.heads=2",
+             "--set", "model.context=64", "--set", "batch_size=4", "--set", "threads=1", "--set", "precision=fp32",
+             "--set", "eval_tokens=4096", "--set", "final_eval_tokens=8192"]
+# The run that the SIGKILL test interrupts, and its uninterrupted twin (dropout and accumulation on,
+# so that RNG and accumulation state must both be restored exactly).
+RESUMED = {"max_steps": 160, "lr": 3e-3, "warmup_steps": 10, "grad_accum": 2, "log_every": 1, "eval_every": 40,
+           "checkpoint_every": 25, "samples": 0}
+RESUMED_SETS = ["--set", "model.dropout=0.1", *[a for k, v in RESUMED.items() if k != "max_steps"
+                                                for a in ("--set", f"{k}={v}")]]
+
+
+def _stories(path: Path, n: int) -> list[str]:
+    out, cur = [], []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip() == EOT:
+                if cur:
+                    out.append("".join(cur).strip())
+                cur = []
+                if len(out) >= n:
+                    break
+            else:
+                cur.append(line)
+    return out
+
+
+def _make_data_dir(out: Path, train_n: int, val_n: int, vocab: int) -> Path:
+    """A DATA_DIR in the format of BRIEF.md (what `tinystories prepare` writes)."""
+    out.mkdir(parents=True)
+    train_s, val_s = _stories(TRAIN_TXT, train_n), _stories(VALID_TXT, val_n)
+    tok = train_bpe(train_s, vocab)
+    tok.save(out)
+    splits = {}
+    for name, stories in (("train", train_s), ("val", val_s)):
+        ids = []
+        for enc in tok.encode_batch(stories):
+            ids += enc + [tok.eot_id]
+        np.asarray(ids, dtype=np.uint16).tofile(out / f"{name}.bin")
+        splits[name] = {"tokens": len(ids), "bytes": sum(len(s.encode()) for s in stories), "stories": len(stories)}
+    (out / "meta.json").write_text(json.dumps({"vocab_size": tok.vocab_size, "eot_id": tok.eot_id,
+                                               "tokenizer": {"kind": "bpe", "vocab_size": vocab},
+                                               "splits": splits, "sources": [str(TRAIN_TXT)]}))
+    return out
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    return _make_data_dir(tmp_path_factory.mktemp("train") / "data", 400, 40, 512)
+
+
+@pytest.fixture(scope="session")
+def other_data_dir(tmp_path_factory) -> Path:
+    """Prepared with a different tokenizer (vocab 300)."""
+    return _make_data_dir(tmp_path_factory.mktemp("train") / "other", 100, 10, 300)
+
+
+def _cfg(data_dir: Path, out: Path, **kw) -> TrainConfig:
+    model = {**TINY["model"], **kw.pop("model", {})}
+    return TrainConfig.from_dict({**TINY, "model": model, "data": str(data_dir), "out": str(out), **kw})
+
+
+def _records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _losses(run_dir: Path) -> list[tuple[int, float]]:
+    return [(r["step"], r["loss"]) for r in _records(run_dir) if "loss" in r]
+
+
+@pytest.fixture(scope="session")
+def full_run(data_dir, tmp_path_factory) -> tuple[Path, dict]:
+    """The uninterrupted run (in-process, through the Python API)."""
+    out = tmp_path_factory.mktemp("train") / "full"
+    summary = train(_cfg(data_dir, out, model={"dropout": 0.1}, tensorboard=True, **RESUMED))
+    return out, summary
+
+
+# --------------------------------------------------------------------------- the run directory
+
+def test_run_directory_has_model_metrics_plot_and_summary(full_run):
+    out, summary = full_run
+    assert summary["steps"] == 160 and summary["stopped"] == "max_steps"
+    assert summary["tokens"] == 160 * 2 * 4 * 64
+    assert summary["tokens_per_s"] > 0 and summary["time_s"] > 0
+    assert summary["precision"] == "fp32" and summary["threads"] == 1
+    # training worked: validation fell well below the uniform guess (ln 512 = 6.24)
+    vals = [r["val_loss"] for r in _records(out) if "val_loss" in r]
+    assert len(vals) == 5  # steps 40, 80, 120, 160 and the final pass
+    assert vals[0] < 6.0 and vals[3] < vals[0] - 0.3, vals
+    assert summary["val_loss"] == pytest.approx(vals[-1]) and 1.0 < summary["val_bpb"] < 5.0
+    # one metrics line per log step, with the fields a user plots
+    train_lines = [r for r in _records(out) if "loss" in r]
+    assert [r["step"] for r in train_lines] == list(range(1, 161))
+    assert {"tokens", "elapsed", "lr", "grad_norm", "tokens_per_s"} <= set(train_lines[0])
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    # a model directory that loads, plus the newest checkpoints (keep 2) and the resolved config
+    model, tok = load_model(out)
+    assert tok.vocab_size == 512 and model.config.hidden == 32 and model.config.vocab_size == 512
+    assert [s for s, _ in ckpt.list_checkpoints(out)] == [150, 160]
+    saved = json.loads((out / "train_config.json").read_text())
+    assert TrainConfig.from_dict(saved).lr == 3e-3 and saved["preset"] == "1M"
+    assert json.loads((out / "summary.json").read_text())["steps"] == 160
+    # the checkpointed weights are the model directory's weights
+    weights, _, info = ckpt.read_checkpoint(out / "checkpoints" / "step-00000160")
+    assert info["step"] == 160 and info["samples"] == 160 * 2 * 4
+    assert torch.equal(weights["wte.weight"], model.wte.weight)
+
+
+def test_summary_samples_and_cli_output(data_dir, tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli("train", "--data", data_dir, "--out", out, "--max-steps", 30, *TINY_ARGS, "--set", "lr=5e-3",
+                   "--set", "samples=2", "--set", "sample_tokens=40", check=True)
+    assert "30 steps, 7,680 tokens" in proc.stdout and "tokens/s" in proc.stdout
+    assert "bits per byte" in proc.stdout and proc.stdout.count("--- sample") == 2
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["samples"]) == 2 and all(isinstance(s, str) and s for s in summary["samples"])
+
+
+# --------------------------------------------------------------------------- resume
+
+def test_sigkill_mid_training_then_resume_gives_the_same_losses(full_run, data_dir, tmp_path):
+    full_dir, _ = full_run
+    out = tmp_path / "killed"
+    args = ["train", "--data", str(data_dir), "--out", str(out), "--max-steps", "160", *map(str, TINY_ARGS),
+            *RESUMED_SETS]
+    proc = subprocess.Popen([sys.executable, "-m", "tinystories", *args], env=cli_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:  # wait until it is past its first checkpoint (step 25)
+            metrics = out / "metrics.jsonl"
+            if metrics.is_file() and any(json.loads(l).get("step", 0) >= 35
+                                         for l in metrics.read_text().splitlines() if l.endswith("}")):
+                break
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.005)
+        assert proc.poll() is None, "the run finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = max(r["step"] for r in _records(out) if "loss" in r)
+    last = ckpt.latest_checkpoint(out)
+    assert last is not None and 25 <= int(last.name.split("-")[1]) < 160 and killed_at < 160
+
+    run_cli(*args, "--resume", check=True)
+    assert _losses(out) == _losses(full_dir)  # exactly: every step, bit for bit
+    vals = lambda d: [(r["step"], r["val_loss"]) for r in _records(d) if "val_loss" in r]
+    assert vals(out) == vals(full_dir)
+    steps = [r["step"] for r in _records(out) if "loss" in r]
+    assert steps == sorted(set(steps))  # the steps replayed after the checkpoint are not logged twice
+
+
+def test_resume_keeps_model_and_data(full_run, other_data_dir, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(full_run[0], run)
+    proc = run_cli("train", "--out", run, "--resume", "--set", "model.hidden=64")
+    assert_one_line_error(proc, "--resume", "model")
+    proc = run_cli("train", "--out", run, "--resume", "--data", other_data_dir)
+    assert_one_line_error(proc, "--data", "tokenizer differs")
+
+
+def test_bf16_autocast_trains_with_fp32_master_weights(data_dir, tmp_path):
+    summary = train(_cfg(data_dir, tmp_path / "bf16", precision="bf16", max_steps=10, lr=1e-2, warmup_steps=0,
+                         log_every=1, eval_every=0, checkpoint_every=0, samples=0, final_eval_tokens=1024))
+    assert summary["precision"] == "bf16"
+    losses = [l for _, l in _losses(tmp_path / "bf16")]
+    assert losses[-1] < losses[0] - 0.3, losses
+    weights, state, _ = ckpt.read_checkpoint(ckpt.latest_checkpoint(tmp_path / "bf16"))
+    assert all(w.dtype == torch.float32 for w in weights.values())
+    assert all(t.dtype == torch.float32 for s in state["optimizer"]["state"].values() for k, t in s.items()
+               if k in ("exp_avg", "exp_avg_sq"))
+
+
+# --------------------------------------------------------------------------- DDP
+
+def test_ddp_two_processes_gloo_trains_and_writes_one_checkpoint(data_dir, tmp_path):
+    out = tmp_path / "ddp"
+    common = ["--max-steps", "8", "--set", "lr=1e-2", "--set", "warmup_steps=0", "--set", "log_every=1",
+              "--set", "eval_every=0", "--set", "checkpoint_every=0", "--set", "samples=0"]
+    tiny = [a if a != "batch_size=4" else "batch_size=2" for a in map(str, TINY_ARGS)]
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "tinystories", "train", "--data", str(data_dir), "--out", str(out), *tiny, *common],
+                          capture_output=True, text=True, env=cli_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("2 processes") == 1  # only rank 0 reports
+    assert [s for s, _ in ckpt.list_checkpoints(out)] == [8]
+    records = _records(out)
+    assert [r["step"] for r in records if "loss" in r] == list(range(1, 9))  # only rank 0 writes
+    ddp = [l for _, l in _losses(out)]
+    assert ddp[-1] < ddp[0] - 0.1
+    load_model(out)
+    # Each rank took its own half of the global batch: 2 processes x 2 = one process x 4, same samples.
+    single = train(_cfg(data_dir, tmp_path / "single", max_steps=8, lr=1e-2, warmup_steps=0, log_every=1,
+                        eval_every=0, checkpoint_every=0, samples=0, final_eval_tokens=64))
+    assert single["steps"] == 8
+    assert np.allclose(ddp, [l for _, l in _losses(tmp_path / "single")], atol=1e-4)
+
+
+# --------------------------------------------------------------------------- faults
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(full_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(full_run[0], run)
+    before = ckpt.read_checkpoint(ckpt.latest_checkpoint(run))[0]
+    proc = run_cli("train", "--out", run, "--resume", "--max-steps", 200, "--set", "lr=1e30",
+                   "--set", "warmup_steps=0")
+    # step 161 runs on good weights and wrecks them; step 162's loss is not finite
+    assert_one_line_error(proc, "at step 162", "step-00000160", "is intact")
+    assert "became nan" in proc.stderr or "became inf" in proc.stderr
+    last = ckpt.latest_checkpoint(run)
+    assert last.name == "step-00000160"
+    after = ckpt.read_checkpoint(last)[0]
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    model, _ = load_model(run)  # the top-level model is still the good one
+    assert torch.equal(model.wte.weight, before["wte.weight"])
+
+
+_WRITER = textwrap.dedent("""
+    import sys, torch
+    from tinystories import checkpoint as ckpt
+    from tinystories.config import preset_config
+    from tinystories.model import GPTNeo
+    from tinystories.tokenizer import Tokenizer
+    run = sys.argv[1]
+    model = GPTNeo(preset_config("1M", vocab_size=512, hidden=256, layers=4, heads=4))
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.zeros(1, 8, dtype=torch.long), torch.zeros(1, 8, dtype=torch.long)).backward()
+    opt.step()
+    Tokenizer.load(sys.argv[2]).save(run)
+    last = ckpt.latest_checkpoint(run)
+    step = int(last.name.split("-")[1]) if last else 0
+    while True:
+        step += 1
+        ckpt.write_checkpoint(run, step, model, {"optimizer": opt.state_dict(), "rng": [{"torch": torch.get_rng_state()}]},
+                              {"samples": step, "tokens": step, "elapsed": 0.0}, keep=2)
+""")
+
+
+def test_kill_during_checkpoint_writes_never_leaves_an_unloadable_checkpoint(data_dir, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    rng = np.random.default_rng(0)
+    hit_mid_write = 0
+    for attempt in range(4):
+        proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(run), str(data_dir)], env=cli_env(),
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            start = ckpt.latest_checkpoint(run)
+            while ckpt.latest_checkpoint(run) == start:  # wait until this writer has finished one
+                assert proc.poll() is None, proc.stderr.read()
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0.0, 0.4))
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            proc.wait()
+        leftovers = list((run / "checkpoints").glob(".step-*")) + list(run.glob(".*.tmp"))
+        hit_mid_write += bool(leftovers)
+        # Whatever moment the kill hit: the newest checkpoint and the run's model load.
+        weights, state, info = ckpt.read_checkpoint(ckpt.latest_checkpoint(run))
+        assert info["step"] >= 1 and "optimizer" in state and "wte.weight" in weights
+        load_model(run)
+        ckpt.clean_stale(run)
+        assert not list((run / "checkpoints").glob(".step-*")) and not list(run.glob(".*.tmp"))
+        if hit_mid_write and attempt >= 1:
+            break
+    assert hit_mid_write, "no kill landed during a write; the test did not exercise what it claims"
+
+
+# --------------------------------------------------------------------------- config, recipes, schedule
+
+def test_recipes_ship_and_load():
+    assert {"paper", "seed-nanogpt"} <= set(recipe_names())
+    paper = build_config(recipe="paper", data="d", out="o")
+    assert (paper.lr, paper.weight_decay, paper.beta1, paper.beta2) == (5e-4, 0.1, 0.9, 0.95)
+    assert (paper.batch_size, paper.grad_accum, paper.model["context"]) == (80, 16, 512)
+    seed = build_config(recipe="seed-nanogpt", data="d", out="o", preset="8M", sets=["lr=2e-3"])
+    assert (seed.batch_size, seed.grad_accum, seed.model["context"], seed.model["dropout"]) == (64, 30, 256, 0.2)
+    assert (seed.warmup_steps, seed.beta2, seed.max_steps, seed.min_lr_ratio) == (100, 0.99, 5000, 0.1)
+    assert seed.preset == "8M" and seed.lr == 2e-3  # the command line wins over the recipe
+
+
+def test_config_values_are_typed_and_checked(tmp_path):
+    cfg = build_config(sets=["max_tokens=5e6", "max_time=20m", "model.attention=[\"global\", \"local\"]",
+                             "compile=true", "decay_steps=none", "lr=3e-4"])
+    assert cfg.max_tokens == 5_000_000 and cfg.max_time == 1200.0 and cfg.compile == "on"
+    assert cfg.model["attention"] == ["global", "local"] and cfg.decay_steps is None and cfg.lr == 3e-4
+    with pytest.raises(UserError, match="did you mean model.dropout"):
+        build_config(sets=["dropout=0.1"])
+    with pytest.raises(UserError, match="batch_size must be an integer"):
+        build_config(sets=["batch_size=lots"])
+    with pytest.raises(UserError, match="lr must be a positive number"):
+        build_config(sets=["lr=-1"])
+    bad = tmp_path / "bad.toml"
+    bad.write_text("lr = 1e-3\nlearning_rate = 2e-3\n")
+    with pytest.raises(UserError, match=r"bad.toml: unknown config key 'learning_rate'"):
+        load_recipe(str(bad))
+
+
+def test_schedule_warmup_cosine_floor_and_deadline():
+    cfg = TrainConfig(lr=1e-3, warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_at(cfg, 0, 110, None) == pytest.approx(1e-3 / 11)
+    assert lr_at(cfg, 10, 110, None) == pytest.approx(1e-3)
+    assert lr_at(cfg, 60, 110, None) == pytest.approx(5.5e-4)
+    assert lr_at(cfg, 110, 110, None) == pytest.approx(1e-4) == lr_at(cfg, 500, 110, None)
+    # bounded only by time: the cosine follows the clock and ends at the deadline
+    assert lr_at(cfg, 50, None, 0.5) == pytest.approx(5.5e-4)
+    assert lr_at(cfg, 50, None, 1.0) == pytest.approx(1e-4)
+
+
+def test_batches_are_seeded_resumable_and_cover_each_epoch():
+    tokens = np.arange(1000, dtype=np.uint16)
+    a, b = TokenWindows(tokens, 16, seed=1), TokenWindows(tokens, 16, seed=1)
+    x1, y1 = a.batch(0, 8)
+    assert torch.equal(y1[:, :-1], x1[:, 1:])  # targets are the inputs shifted by one
+    assert torch.equal(b.batch(5, 3)[0], x1[5:8])  # sample i is the same wherever a batch starts
+    assert not torch.equal(TokenWindows(tokens, 16, seed=2).batch(0, 8)[0], x1)
+    epoch = torch.cat([a.batch(i, 1)[0] for i in range(a.n)])
+    starts = sorted(int(r[0]) for r in epoch)
+    assert len(set(starts)) == a.n and all(s2 - s1 == 16 for s1, s2 in zip(starts, starts[1:]))
+
+
+# --------------------------------------------------------------------------- bad input via the CLI
+
+def test_cli_data_dir_from_another_tokenizer(data_dir, tmp_path):
+    proc = run_cli("train", "--data", data_dir, "--out", tmp_path / "r", "--max-steps", 1, *TINY_ARGS,
+                   "--set", "model.vocab_size=300")
+    assert_one_line_error(proc, "--data", "512 tokens", "vocab_size is 300")
+
+
+def test_cli_context_longer_than_the_model_positions(data_dir, tmp_path):
+    proc = run_cli("train", "--data", data_dir, "--out", tmp_path / "r", "--max-steps", 1, *TINY_ARGS,
+                   "--set", "context=128")
+    assert_one_line_error(proc, "context 128", "64 positions")
+
+
+def test_cli_train_bin_shorter_than_one_batch(data_dir, tmp_path):
+    proc = run_cli("train", "--data", data_dir, "--out", tmp_path / "r", "--max-steps", 1, *TINY_ARGS,
+                   "--set", "batch_size=100000")
+    assert_one_line_error(proc, "train.bin", "fewer than one batch")
+
+
+def test_cli_unknown_config_key(data_dir, tmp_path):
+    proc = run_cli("train", "--data", data_dir, "--out", tmp_path / "r", "--max-steps", 1, "--set", "lerning_rate=1")
+    assert_one_line_error(proc, "unknown config key 'lerning_rate'")
+    recipe = tmp_path / "mine.toml"
+    recipe.write_text("lr = 1e-3\n[model]\nheadz = 4\n")
+    proc = run_cli("train", "--data", data_dir, "--out", tmp_path / "r", "--max-steps", 1, "--config", recipe)
+    assert_one_line_error(proc, "mine.toml", "model.headz")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cli_device_that_is_not_there(data_dir, tmp_path):
+    proc = run_cli("train", "--data", data_dir, "--out", tmp_path / "r", "--max-steps", 1, "--device", "cuda")
+    assert_one_line_error(proc, "--device cuda")
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_existing_run_dir_and_missing_stop(full_run, data_dir, tmp_path):
+    proc = run_cli("train", "--data", data_dir, "--out", full_run[0], "--max-steps", 1, *TINY_ARGS)
+    assert_one_line_error(proc, "already exists", "--resume", "--force")
+    proc = run_cli("train", "--data", data_dir, "--out", tmp_path / "r", *TINY_ARGS)
+    assert_one_line_error(proc, "--max-steps", "--max-time")
