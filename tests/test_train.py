@@ -7,7 +7,6 @@ Every run trains a tiny GPT-Neo (hidden 32, 2 layers, context 64) on real TinySt
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -20,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, TRAIN_TXT, VALID_TXT, assert_one_line_error, cli_env, run_cli
+from conftest import TRAIN_TXT, VALID_TXT, assert_one_line_error, cli_env, run_cli
 from tinystories import checkpoint as ckpt
 from tinystories.errors import UserError
 from tinystories.modeldir import load_model
@@ -36,7 +35,7 @@ TINY_ARGS = ["--preset", "1M", "--set", "model.hidden=32", "--set", "model.layer
              "--set", "eval_tokens=4096", "--set", "final_eval_tokens=8192"]
 # The run that the SIGKILL test interrupts, and its uninterrupted twin (dropout and accumulation on,
 # so that RNG and accumulation state must both be restored exactly).
-RESUMED = {"max_steps": 160, "lr": 3e-3, "warmup_steps": 10, "grad_accum": 2, "log_every": 1, "eval_every": 40,
+RESUMED = {"max_steps": 120, "lr": 3e-3, "warmup_steps": 10, "grad_accum": 2, "log_every": 1, "eval_every": 40,
            "checkpoint_every": 25, "samples": 0}
 RESUMED_SETS = ["--set", "model.dropout=0.1", *[a for k, v in RESUMED.items() if k != "max_steps"
                                                 for a in ("--set", f"{k}={v}")]]
@@ -112,31 +111,31 @@ def full_run(data_dir, tmp_path_factory) -> tuple[Path, dict]:
 
 def test_run_directory_has_model_metrics_plot_and_summary(full_run):
     out, summary = full_run
-    assert summary["steps"] == 160 and summary["stopped"] == "max_steps"
-    assert summary["tokens"] == 160 * 2 * 4 * 64
+    assert summary["steps"] == 120 and summary["stopped"] == "max_steps"
+    assert summary["tokens"] == 120 * 2 * 4 * 64
     assert summary["tokens_per_s"] > 0 and summary["time_s"] > 0
     assert summary["precision"] == "fp32" and summary["threads"] == 1
     # training worked: validation fell well below the uniform guess (ln 512 = 6.24)
     vals = [r["val_loss"] for r in _records(out) if "val_loss" in r]
-    assert len(vals) == 5  # steps 40, 80, 120, 160 and the final pass
-    assert vals[0] < 6.0 and vals[3] < vals[0] - 0.3, vals
+    assert len(vals) == 4  # steps 40, 80, 120 and the final pass
+    assert vals[0] < 5.6 and vals[2] < vals[0] - 0.15, vals
     assert summary["val_loss"] == pytest.approx(vals[-1]) and 1.0 < summary["val_bpb"] < 5.0
     # one metrics line per log step, with the fields a user plots
     train_lines = [r for r in _records(out) if "loss" in r]
-    assert [r["step"] for r in train_lines] == list(range(1, 161))
+    assert [r["step"] for r in train_lines] == list(range(1, 121))
     assert {"tokens", "elapsed", "lr", "grad_norm", "tokens_per_s"} <= set(train_lines[0])
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     # a model directory that loads, plus the newest checkpoints (keep 2) and the resolved config
     model, tok = load_model(out)
     assert tok.vocab_size == 512 and model.config.hidden == 32 and model.config.vocab_size == 512
-    assert [s for s, _ in ckpt.list_checkpoints(out)] == [150, 160]
+    assert [s for s, _ in ckpt.list_checkpoints(out)] == [100, 120]
     saved = json.loads((out / "train_config.json").read_text())
     assert TrainConfig.from_dict(saved).lr == 3e-3 and saved["preset"] == "1M"
-    assert json.loads((out / "summary.json").read_text())["steps"] == 160
+    assert json.loads((out / "summary.json").read_text())["steps"] == 120
     # the checkpointed weights are the model directory's weights
-    weights, _, info = ckpt.read_checkpoint(out / "checkpoints" / "step-00000160")
-    assert info["step"] == 160 and info["samples"] == 160 * 2 * 4
+    weights, _, info = ckpt.read_checkpoint(out / "checkpoints" / "step-00000120")
+    assert info["step"] == 120 and info["samples"] == 120 * 2 * 4
     assert torch.equal(weights["wte.weight"], model.wte.weight)
 
 
@@ -155,7 +154,7 @@ def test_summary_samples_and_cli_output(data_dir, tmp_path):
 def test_sigkill_mid_training_then_resume_gives_the_same_losses(full_run, data_dir, tmp_path):
     full_dir, _ = full_run
     out = tmp_path / "killed"
-    args = ["train", "--data", str(data_dir), "--out", str(out), "--max-steps", "160", *map(str, TINY_ARGS),
+    args = ["train", "--data", str(data_dir), "--out", str(out), "--max-steps", "120", *map(str, TINY_ARGS),
             *RESUMED_SETS]
     proc = subprocess.Popen([sys.executable, "-m", "tinystories", *args], env=cli_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
@@ -175,7 +174,7 @@ def test_sigkill_mid_training_then_resume_gives_the_same_losses(full_run, data_d
     assert proc.returncode == -signal.SIGKILL
     killed_at = max(r["step"] for r in _records(out) if "loss" in r)
     last = ckpt.latest_checkpoint(out)
-    assert last is not None and 25 <= int(last.name.split("-")[1]) < 160 and killed_at < 160
+    assert last is not None and 25 <= int(last.name.split("-")[1]) < 120 and killed_at < 120
 
     run_cli(*args, "--resume", check=True)
     assert _losses(out) == _losses(full_dir)  # exactly: every step, bit for bit
@@ -239,11 +238,11 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(full_run, tmp_path
     before = ckpt.read_checkpoint(ckpt.latest_checkpoint(run))[0]
     proc = run_cli("train", "--out", run, "--resume", "--max-steps", 200, "--set", "lr=1e30",
                    "--set", "warmup_steps=0")
-    # step 161 runs on good weights and wrecks them; step 162's loss is not finite
-    assert_one_line_error(proc, "at step 162", "step-00000160", "is intact")
+    # step 121 runs on good weights and wrecks them; step 122's loss is not finite
+    assert_one_line_error(proc, "at step 122", "step-00000120", "is intact")
     assert "became nan" in proc.stderr or "became inf" in proc.stderr
     last = ckpt.latest_checkpoint(run)
-    assert last.name == "step-00000160"
+    assert last.name == "step-00000120"
     after = ckpt.read_checkpoint(last)[0]
     assert all(torch.equal(before[k], after[k]) for k in before)
     model, _ = load_model(run)  # the top-level model is still the good one

@@ -34,7 +34,6 @@ from . import checkpoint as ckpt
 from .config import ModelConfig, preset_config
 from .errors import UserError
 from .metrics import stream_loss
-from .modeldir import _unwrap
 from .tokenizer import TOKENIZER_FILE, Tokenizer
 from .utils import atomic_dir, atomic_write_bytes, atomic_write_json, format_duration, parse_duration, progress
 
@@ -310,9 +309,6 @@ class DataDir:
 
     def val_bytes(self) -> int | None:
         return (self.meta.get("splits", {}).get("val") or {}).get("bytes")
-
-    def tokenizer_digest(self) -> bytes:
-        return (self.path / TOKENIZER_FILE).read_bytes()
 
 
 class TokenWindows:
@@ -609,7 +605,7 @@ def _train(cfg: TrainConfig, dist_: Dist, device: torch.device, resume: bool, fo
         raise UserError("--data is required: a DATA_DIR from `tinystories prepare`")
     data = DataDir(cfg.data)
     if resume and (run_dir / TOKENIZER_FILE).is_file() and \
-            (run_dir / TOKENIZER_FILE).read_bytes() != data.tokenizer_digest():
+            Tokenizer.load(run_dir).tk.to_str() != data.tokenizer.tk.to_str():
         raise UserError(f"--data {cfg.data}: its tokenizer differs from the one {run_dir} was trained with; "
                         "give the DATA_DIR this run started on (or one prepared with the same tokenizer)")
 
@@ -711,7 +707,8 @@ def _train(cfg: TrainConfig, dist_: Dist, device: torch.device, resume: bool, fo
             trainer_state = {"optimizer": optimizer.state_dict(), "rng": rngs,
                              "scaler": scaler.state_dict() if scaler is not None else None}
             info = {"samples": samples, "tokens": samples * T, "elapsed": elapsed_before + (time.time() - t0),
-                    "world_size": dist_.world, "config": cfg.to_dict()}
+                    "world_size": dist_.world, "device": str(device), "precision": precision,
+                    "config": cfg.to_dict()}
             ckpt.write_checkpoint(run_dir, at_step, raw_model, trainer_state, info, keep=cfg.keep_checkpoints)
         _barrier(dist_)
 
