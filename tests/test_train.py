@@ -254,13 +254,15 @@ _WRITER = textwrap.dedent("""
     from tinystories import checkpoint as ckpt
     from tinystories.config import preset_config
     from tinystories.model import GPTNeo
+    from tinystories.modeldir import is_model_dir, save_model
     from tinystories.tokenizer import Tokenizer
     run = sys.argv[1]
     model = GPTNeo(preset_config("1M", vocab_size=512, hidden=256, layers=4, heads=4))
     opt = torch.optim.AdamW(model.parameters())
     model(torch.zeros(1, 8, dtype=torch.long), torch.zeros(1, 8, dtype=torch.long)).backward()
     opt.step()
-    Tokenizer.load(sys.argv[2]).save(run)
+    if not is_model_dir(run):  # as `train` creates a run directory: already a model directory
+        save_model(run, model, Tokenizer.load(sys.argv[2]))
     last = ckpt.latest_checkpoint(run)
     step = int(last.name.split("-")[1]) if last else 0
     while True:

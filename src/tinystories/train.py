@@ -34,6 +34,7 @@ from . import checkpoint as ckpt
 from .config import ModelConfig, preset_config
 from .errors import UserError
 from .metrics import stream_loss
+from .modeldir import save_model
 from .tokenizer import TOKENIZER_FILE, Tokenizer
 from .utils import atomic_dir, atomic_write_bytes, atomic_write_json, format_duration, parse_duration, progress
 
@@ -643,21 +644,22 @@ def _train(cfg: TrainConfig, dist_: Dist, device: torch.device, resume: bool, fo
     precision = _broadcast(dist_, resolve_precision(cfg.precision, device))  # rank 0's probe decides for all
     use_compile = cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda")
 
-    # -- create the run directory (rank 0 only), after every rank has passed the checks above
+    # -- the model, then the run directory (rank 0 only, after every rank has passed the checks above).
+    # A new run directory appears whole, already a loadable model directory (the initial weights).
+    torch.manual_seed(cfg.seed)
+    model = _build_model(mcfg)
     _barrier(dist_)
     if dist_.main:
         if not resume:
             with atomic_dir(run_dir, force=force) as tmp:
-                data.tokenizer.save(tmp)
+                save_model(tmp, model, data.tokenizer, extra={"training": {"step": 0, "tokens": 0}})
                 atomic_write_json(tmp / CONFIG_FILE, cfg.to_dict())
         else:
             ckpt.clean_stale(run_dir)
             atomic_write_json(run_dir / CONFIG_FILE, cfg.to_dict())
     _barrier(dist_)
 
-    # -- model, optimizer, state
-    torch.manual_seed(cfg.seed)
-    model = _build_model(mcfg)
+    # -- optimizer and state
     model.to(device)
     optimizer = make_optimizer(model, cfg, device)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
@@ -807,6 +809,8 @@ def _train(cfg: TrainConfig, dist_: Dist, device: torch.device, resume: bool, fo
                 stopped = "interrupted"
                 break
     finally:
+        if total_steps is None:  # a time-bounded bar ends full
+            bar.total = bar.n
         bar.close()
         _restore_handlers(old_handlers)
 
