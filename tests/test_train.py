@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TRAIN_TXT, VALID_TXT, assert_one_line_error, cli_env, run_cli
+from conftest import TRAIN_TXT, assert_one_line_error, cli_env, run_cli
 from tinystories import checkpoint as ckpt
 from tinystories.errors import UserError
 from tinystories.modeldir import load_model
-from tinystories.tokenizer import EOT, train_bpe
+from tinystories.tokenizer import EOT
 from tinystories.train import (TokenWindows, TrainConfig, build_config, load_recipe, lr_at, recipe_names,
                                train)
 
@@ -41,49 +41,26 @@ RESUMED_SETS = ["--set", "model.dropout=0.1", *[a for k, v in RESUMED.items() if
                                                 for a in ("--set", f"{k}={v}")]]
 
 
-def _stories(path: Path, n: int) -> list[str]:
-    out, cur = [], []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip() == EOT:
-                if cur:
-                    out.append("".join(cur).strip())
-                cur = []
-                if len(out) >= n:
-                    break
-            else:
-                cur.append(line)
-    return out
-
-
-def _make_data_dir(out: Path, train_n: int, val_n: int, vocab: int) -> Path:
-    """A DATA_DIR in the format of BRIEF.md (what `tinystories prepare` writes)."""
-    out.mkdir(parents=True)
-    train_s, val_s = _stories(TRAIN_TXT, train_n), _stories(VALID_TXT, val_n)
-    tok = train_bpe(train_s, vocab)
-    tok.save(out)
-    splits = {}
-    for name, stories in (("train", train_s), ("val", val_s)):
-        ids = []
-        for enc in tok.encode_batch(stories):
-            ids += enc + [tok.eot_id]
-        np.asarray(ids, dtype=np.uint16).tofile(out / f"{name}.bin")
-        splits[name] = {"tokens": len(ids), "bytes": sum(len(s.encode()) for s in stories), "stories": len(stories)}
-    (out / "meta.json").write_text(json.dumps({"vocab_size": tok.vocab_size, "eot_id": tok.eot_id,
-                                               "tokenizer": {"kind": "bpe", "vocab_size": vocab},
-                                               "splits": splits, "sources": [str(TRAIN_TXT)]}))
-    return out
-
-
 @pytest.fixture(scope="session")
-def data_dir(tmp_path_factory) -> Path:
-    return _make_data_dir(tmp_path_factory.mktemp("train") / "data", 400, 40, 512)
+def data_dir(tiny_data) -> Path:
+    return tiny_data
 
 
 @pytest.fixture(scope="session")
 def other_data_dir(tmp_path_factory) -> Path:
-    """Prepared with a different tokenizer (vocab 300)."""
-    return _make_data_dir(tmp_path_factory.mktemp("train") / "other", 100, 10, 300)
+    """A DATA_DIR prepared with a different tokenizer (BPE vocab 300)."""
+    from tinystories.prepare import prepare
+    from tinystories.sources import iter_stories
+
+    root = tmp_path_factory.mktemp("other")
+    stories = []
+    for story in iter_stories(TRAIN_TXT):
+        stories.append(story)
+        if len(stories) == 100:
+            break
+    (root / "train.txt").write_text("".join(f"{s}\n{EOT}\n" for s in stories), encoding="utf-8")
+    prepare([root / "train.txt"], root / "data", tokenizer="bpe", vocab_size=300, val_fraction=0.1)
+    return root / "data"
 
 
 def _cfg(data_dir: Path, out: Path, **kw) -> TrainConfig:

@@ -288,30 +288,6 @@ def build_config(*, recipe: str | None = None, sets: list[str] = (), base: dict 
 
 # ===================================================================== data
 
-class DataDir:
-    """A prepared DATA_DIR: tokenizer, meta.json and the two token files, memory-mapped."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        if not self.path.is_dir():
-            raise UserError(f"--data {path}: no such directory; make one with `tinystories prepare`")
-        for name in ("meta.json", "train.bin", "val.bin", TOKENIZER_FILE):
-            if not (self.path / name).is_file():
-                raise UserError(f"--data {path}: missing {name}; is this a directory from `tinystories prepare`?")
-        try:
-            self.meta = json.loads((self.path / "meta.json").read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise UserError(f"{self.path / 'meta.json'}: not valid JSON ({e})") from None
-        self.tokenizer = Tokenizer.load(self.path)
-        self.vocab_size = int(self.meta.get("vocab_size", self.tokenizer.vocab_size))
-        dtype = np.dtype(self.meta.get("dtype", "uint16"))
-        self.train = np.memmap(self.path / "train.bin", dtype=dtype, mode="r") if (self.path / "train.bin").stat().st_size else np.zeros(0, dtype)
-        self.val = np.memmap(self.path / "val.bin", dtype=dtype, mode="r") if (self.path / "val.bin").stat().st_size else np.zeros(0, dtype)
-
-    def val_bytes(self) -> int | None:
-        return (self.meta.get("splits", {}).get("val") or {}).get("bytes")
-
-
 class TokenWindows:
     """Training sequences from one token file, in a seeded order that is a pure function of position.
 
@@ -604,9 +580,12 @@ def _train(cfg: TrainConfig, dist_: Dist, device: torch.device, resume: bool, fo
 
     if not cfg.data:
         raise UserError("--data is required: a DATA_DIR from `tinystories prepare`")
-    data = DataDir(cfg.data)
+    from .prepare import load_data_dir
+
+    data = load_data_dir(cfg.data)
+    tokenizer = data.tokenizer()
     if resume and (run_dir / TOKENIZER_FILE).is_file() and \
-            Tokenizer.load(run_dir).tk.to_str() != data.tokenizer.tk.to_str():
+            Tokenizer.load(run_dir).tk.to_str() != tokenizer.tk.to_str():
         raise UserError(f"--data {cfg.data}: its tokenizer differs from the one {run_dir} was trained with; "
                         "give the DATA_DIR this run started on (or one prepared with the same tokenizer)")
 
@@ -652,7 +631,7 @@ def _train(cfg: TrainConfig, dist_: Dist, device: torch.device, resume: bool, fo
     if dist_.main:
         if not resume:
             with atomic_dir(run_dir, force=force) as tmp:
-                save_model(tmp, model, data.tokenizer, extra={"training": {"step": 0, "tokens": 0}})
+                save_model(tmp, model, tokenizer, extra={"training": {"step": 0, "tokens": 0}})
                 atomic_write_json(tmp / CONFIG_FILE, cfg.to_dict())
         else:
             ckpt.clean_stale(run_dir)
@@ -690,7 +669,7 @@ def _train(cfg: TrainConfig, dist_: Dist, device: torch.device, resume: bool, fo
     title = (f"{preset} ({n_params / 1e6:.2f}M params), batch {per_step} x {T}, lr {cfg.lr:g}, "
              f"{device.type} {precision}")
     autocast_dtype = _AUTOCAST[precision]
-    val_bytes = data.val_bytes()
+    val_bytes = (data.meta.get("splits", {}).get("val") or {}).get("bytes")
 
     def evaluate(max_tokens: int | None) -> dict:
         if len(data.val) < 2:
@@ -832,7 +811,7 @@ def _train(cfg: TrainConfig, dist_: Dist, device: torch.device, resume: bool, fo
         summary.update(final)
         log.draw(title)
         log.close()
-        summary["samples"] = _samples(raw_model, data.tokenizer, cfg) if stopped != "interrupted" else []
+        summary["samples"] = _samples(raw_model, tokenizer, cfg) if stopped != "interrupted" else []
         atomic_write_json(run_dir / SUMMARY_FILE, summary)
     _barrier(dist_)
     return summary
