@@ -84,7 +84,7 @@ class TrainConfig:
     log_every: int = 10              # steps between metrics.jsonl lines
     eval_every: int = 100            # steps between validation passes; 0 = only at the end
     eval_tokens: int | None = 32768  # validation tokens per periodic pass; None = all of val.bin
-    final_eval_tokens: int | None = 1_048_576  # validation tokens at the end; None = all
+    final_eval_tokens: int | None = 262_144  # validation tokens at the end; None = all of val.bin
     eval_batch_size: int | None = None  # None = batch_size
     checkpoint_every: int = 250      # steps between checkpoints; 0 = only at the end
     keep_checkpoints: int = 2
