@@ -150,3 +150,21 @@ def parameter_counts(cfg: ModelConfig) -> dict[str, int]:
     emb = cfg.vocab_size * h
     pos = cfg.context * h if cfg.position == "learned" else 0
     return {"embedding": emb, "position": pos, "rest": rest, "total": emb + pos + rest}
+
+
+def presets_table(vocab_size: int | None = None, names: list[str] | None = None, **overrides) -> list[dict]:
+    """One row per preset: its shape and `parameter_counts`, at `vocab_size` (default: the paper's 10K).
+
+    A preset that pins its own vocabulary (seed-nanogpt: GPT-2's 50,304) keeps it unless
+    `vocab_size` is given: that vocabulary is what makes its "10M" model 30M.
+    """
+    rows = []
+    for name in names or list(PRESETS):
+        vocab = vocab_size if vocab_size is not None else PRESETS.get(name, {}).get("vocab_size", PAPER_VOCAB)
+        cfg = preset_config(name, vocab_size=vocab, **overrides)
+        types = cfg.layer_types
+        attention = cfg.attention if isinstance(cfg.attention, str) else ",".join(types)
+        rows.append({"preset": name, "hidden": cfg.hidden, "layers": cfg.layers, "heads": cfg.heads,
+                     "head_dim": cfg.head_dim, "attention": attention, "window": cfg.window,
+                     "vocab_size": cfg.vocab_size, "context": cfg.context, **parameter_counts(cfg)})
+    return rows

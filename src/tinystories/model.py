@@ -20,7 +20,9 @@ from .config import ModelConfig
 class KVCache:
     """Preallocated keys and values for incremental decoding, one buffer pair per layer.
 
-    `reorder` follows beams. Local layers read back only the last `window` keys.
+    Slot s of row b holds the token fed at slot s (its position is s - pad[b] when the
+    batch is left-padded). `reorder` follows beams. Local layers read back only the last
+    `window` keys, so the cache never needs trimming to respect the window.
     """
 
     def __init__(self, cfg: ModelConfig, batch: int, max_len: int, device=None, dtype=torch.float32):
@@ -37,19 +39,36 @@ class KVCache:
         self.v[layer][:, :, start:end] = v
         return self.k[layer][:, :, lo:end], self.v[layer][:, :, lo:end]
 
-    def reorder(self, index: torch.Tensor) -> None:
-        self.k = [t.index_select(0, index) for t in self.k]
-        self.v = [t.index_select(0, index) for t in self.v]
+    def reorder(self, index: torch.Tensor, upto: int | None = None) -> None:
+        """Rows become rows `index` of before (beam search, dropping finished rows).
+
+        With `upto`, only slots [0, upto) are filled and only they are copied.
+        """
+        if upto is None or index.numel() != self.k[0].size(0):
+            self.k = [t.index_select(0, index) for t in self.k]
+            self.v = [t.index_select(0, index) for t in self.v]
+            return
+        for t in (*self.k, *self.v):
+            t[:, :, :upto] = t[:, :, :upto].index_select(0, index)
 
 
-def attention_mask(q_start: int, q_len: int, k_start: int, k_len: int, window: int | None, device) -> torch.Tensor:
-    """Boolean [q_len, k_len] mask, True = may attend. Positions are absolute."""
+def attention_mask(q_start: int, q_len: int, k_start: int, k_len: int, window: int | None, device,
+                   pad: torch.Tensor | None = None) -> torch.Tensor:
+    """Boolean mask, True = may attend: [q_len, k_len], or [B, 1, q_len, k_len] with `pad`.
+
+    Indices are cache slots (= positions without padding). `pad[b]` left-padding slots of
+    row b are hidden from its real tokens; a padding query sees only itself, so that no
+    row of the softmax is empty (which would give NaN).
+    """
     qi = torch.arange(q_start, q_start + q_len, device=device)[:, None]
     kj = torch.arange(k_start, k_start + k_len, device=device)[None, :]
     allowed = kj <= qi
     if window is not None:
         allowed &= kj > qi - window
-    return allowed
+    if pad is None:
+        return allowed
+    real_key = kj[None] >= pad[:, None, None]         # [B, 1, S]
+    return (allowed[None] & (real_key | (kj == qi)[None]))[:, None]
 
 
 def rope_tables(cfg: ModelConfig, device=None):
@@ -78,31 +97,54 @@ class SelfAttention(nn.Module):
         self.out_proj = nn.Linear(cfg.hidden, cfg.hidden, bias=True)
         self.resid_drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, rope=None, cache: KVCache | None = None, start: int = 0):
+    def key_start(self, start: int, cache: KVCache | None) -> int:
+        # A local layer never looks further back than its window, so it reads only that slice.
+        if cache is None or self.window is None:
+            return 0
+        return max(0, start - self.window + 1)
+
+    def forward(self, x, rope=None, cache: KVCache | None = None, start: int = 0, masks: "Masks | None" = None):
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         if rope is not None:
             cos, sin = rope[0][start:start + T], rope[1][start:start + T]
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-
-        k_start = 0
+        k_start = self.key_start(start, cache)
         if cache is not None:
-            # A local layer never looks further back than its window, so it reads only that slice.
-            if self.window is not None:
-                k_start = max(0, start - self.window + 1)
             k, v = cache.update(self.layer, start, k, v, lo=k_start)
 
         dropout = self.dropout if self.training else 0.0
-        S = k.size(2)
-        if start == 0 and k_start == 0 and S == T and self.window is None:
+        mask = masks.get(self, k_start, k.size(2)) if masks is not None else None
+        if mask is None and T > 1:  # plain causal attention over a fresh sequence
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout, scale=self.scale)
-        elif T == 1 and (self.window is None or S <= self.window):
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=self.scale)
-        else:
-            mask = attention_mask(start, T, k_start, S, self.window, x.device)
+        else:  # mask None here: one new token that may see every key it was given
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=self.scale)
         y = y.transpose(1, 2).reshape(B, T, C)
         return self.resid_drop(self.out_proj(y))
+
+
+class Masks:
+    """The attention masks of one forward pass, built once and shared by the layers that need them.
+
+    None means no mask is needed: a fresh causal sequence (SDPA's is_causal) or a single new
+    token that may see every key its layer reads.
+    """
+
+    def __init__(self, start: int, T: int, device, pad: torch.Tensor | None):
+        self.start, self.T, self.device, self.pad = start, T, device, pad
+        self._built: dict = {}
+
+    def get(self, attn: SelfAttention, k_start: int, S: int) -> torch.Tensor | None:
+        window = attn.window
+        if self.pad is None:
+            if self.T == 1 and (window is None or S <= window):
+                return None
+            if self.start == 0 and k_start == 0 and S == self.T and (window is None or self.T <= window):
+                return None
+        key = (window, k_start, S)
+        if key not in self._built:
+            self._built[key] = attention_mask(self.start, self.T, k_start, S, window, self.device, self.pad)
+        return self._built[key]
 
 
 class MLP(nn.Module):
@@ -142,8 +184,8 @@ class Block(nn.Module):
         self.ln_2 = make_norm(cfg)
         self.mlp = SwiGLU(cfg) if cfg.mlp == "swiglu" else MLP(cfg)
 
-    def forward(self, x, rope=None, cache=None, start=0):
-        x = x + self.attn(self.ln_1(x), rope, cache, start)
+    def forward(self, x, rope=None, cache=None, start=0, masks=None):
+        x = x + self.attn(self.ln_1(x), rope, cache, start, masks)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -181,21 +223,30 @@ class GPTNeo(nn.Module):
         return KVCache(self.config, batch, max_len or self.config.context, p.device, dtype or p.dtype)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
-                cache: KVCache | None = None, start: int = 0, last_only: bool = False):
-        """idx [B, T] token ids at absolute positions start..start+T-1.
+                cache: KVCache | None = None, start: int = 0, last_only: bool = False,
+                pad: torch.Tensor | None = None):
+        """idx [B, T] token ids at cache slots start..start+T-1 (= their positions).
 
         Returns the mean cross-entropy when `targets` is given (-1 = ignore), else logits
         [B, T, V] (or [B, 1, V] with `last_only`, which is all that sampling needs).
+        `pad` [B] (generation only): row b is left-padded with pad[b] slots, so its token
+        at slot s sits at position s - pad[b] and never attends to the padding.
         """
         B, T = idx.shape
         assert start + T <= self.config.context, f"sequence of {start + T} exceeds context {self.config.context}"
+        assert pad is None or self.wpe is not None, "left padding needs learned positions"
         x = self.wte(idx)
         if self.wpe is not None:
-            x = x + self.wpe(torch.arange(start, start + T, device=idx.device))
+            if pad is None:
+                x = x + self.wpe.weight[start:start + T]
+            else:
+                pos = torch.arange(start, start + T, device=idx.device)[None, :] - pad[:, None]
+                x = x + self.wpe(pos.clamp(min=0))
         x = self.drop(x)
         rope = (self.rope_cos, self.rope_sin) if self.wpe is None else None
+        masks = Masks(start, T, idx.device, pad)
         for block in self.blocks:
-            x = block(x, rope, cache, start)
+            x = block(x, rope, cache, start, masks)
         x = self.ln_f(x)
         if targets is not None:
             logits = self.lm_head(x)

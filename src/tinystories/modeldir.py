@@ -3,20 +3,26 @@
 A training run directory is a model directory with more in it (optimizer state, metrics),
 so every command that takes a model takes a run too. A `transformers` GPT-Neo directory
 (config.json with model_type gpt_neo) loads as well, through `hf.py`.
+
+`check_model_dir` finds what is wrong with a directory without importing torch, so that
+commands fail in a moment, before they load anything heavy.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from .config import ModelConfig
 from .errors import UserError
-from .model import GPTNeo
-from .tokenizer import Tokenizer
 from .utils import atomic_write_bytes, atomic_write_json
+
+if TYPE_CHECKING:
+    import torch
+
+    from .model import GPTNeo
+    from .tokenizer import Tokenizer
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -27,6 +33,7 @@ FORMAT_VERSION = 1
 def save_model(directory: str | Path, model: GPTNeo, tokenizer: Tokenizer | None = None,
                extra: dict | None = None) -> None:
     """Write config, weights (atomically, file by file) and tokenizer into `directory`."""
+    import torch
     from safetensors.torch import save
 
     directory = Path(directory)
@@ -67,14 +74,46 @@ def read_config(directory: str | Path) -> tuple[str, dict]:
     raise UserError(f"{path}: neither a tinystories model nor a transformers GPT-Neo config")
 
 
-def load_model(directory: str | Path, device: str | torch.device = "cpu",
-               dtype: torch.dtype = torch.float32) -> tuple[GPTNeo, Tokenizer]:
-    """Load (model in eval mode, tokenizer) from one of our directories or a transformers GPT-Neo one."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+def check_model_dir(directory: str | Path) -> tuple[str, dict]:
+    """('ours' | 'hf', config.json) once the directory has what loading needs; else a UserError.
+
+    Checks the config, the weights file and the tokenizer (and that the model embeds every
+    token id the tokenizer makes) without importing torch.
+    """
+    from .tokenizer import Tokenizer
 
     directory = Path(directory)
     kind, raw = read_config(directory)
+    if kind == "hf":
+        from .hf import check_hf_dir
+
+        check_hf_dir(directory, raw)
+        return kind, raw
+    if not isinstance(raw.get("model"), dict):
+        raise UserError(f"{directory / CONFIG_FILE}: no \"model\" section (the model's shape)")
+    cfg = ModelConfig.from_dict(raw["model"])
+    if not (directory / WEIGHTS_FILE).is_file():
+        raise UserError(f"{directory}: missing {WEIGHTS_FILE}")
+    tok = Tokenizer.load(directory)
+    if tok.vocab_size > cfg.vocab_size:
+        raise UserError(f"{directory}: tokenizer has {tok.vocab_size} tokens but the model's vocab_size is "
+                        f"only {cfg.vocab_size}; the tokenizer does not belong to this model")
+    return kind, raw
+
+
+def load_model(directory: str | Path, device: str | torch.device = "cpu",
+               dtype: torch.dtype | None = None) -> tuple[GPTNeo, Tokenizer]:
+    """Load (model in eval mode, tokenizer) from one of our directories or a transformers GPT-Neo one."""
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from .model import GPTNeo
+    from .tokenizer import Tokenizer
+
+    dtype = dtype or torch.float32
+    directory = Path(directory)
+    kind, raw = check_model_dir(directory)
     if kind == "hf":
         from .hf import load_hf_dir
 
@@ -83,23 +122,25 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu",
 
     cfg = ModelConfig.from_dict(raw["model"])
     weights = directory / WEIGHTS_FILE
-    if not weights.is_file():
-        raise UserError(f"{directory}: missing {WEIGHTS_FILE}")
     tok = Tokenizer.load(directory)
-    if tok.vocab_size > cfg.vocab_size:
-        raise UserError(f"{directory}: tokenizer has {tok.vocab_size} tokens but the model only {cfg.vocab_size}")
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError) as e:
         raise UserError(f"{weights}: unreadable weights ({e})") from None
     model = GPTNeo(cfg)
-    if cfg.tie_embeddings:
-        state.setdefault("lm_head.weight", state.get("wte.weight"))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("rope_")]
+    if cfg.tie_embeddings and "wte.weight" in state:
+        state.setdefault("lm_head.weight", state["wte.weight"])
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
         raise UserError(f"{weights}: weights do not match config.json "
                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    for k, t in state.items():
+        if t.shape != expected[k].shape:
+            raise UserError(f"{weights}: {k} has shape {tuple(t.shape)} but config.json implies "
+                            f"{tuple(expected[k].shape)}; the weights do not belong to this config")
+    model.load_state_dict(state)
     return model.to(device=device, dtype=dtype).eval(), tok
 
 

@@ -1,0 +1,323 @@
+"""Interop with `transformers`' GPTNeoForCausalLM: export our models, import theirs.
+
+The paper's released checkpoints (roneneldan/TinyStories-*) are GPT-Neo directories:
+config.json (GPT-Neo fields), weights (model.safetensors or pytorch_model.bin) and
+tokenizer files. `WEIGHT_NAMES` below is the whole mapping between the two namings.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .config import ModelConfig
+from .errors import UserError
+from .tokenizer import EOT, Tokenizer
+
+if TYPE_CHECKING:  # torch loads only when weights move, so that config checks stay instant
+    import torch
+
+    from .model import GPTNeo
+
+# ours -> transformers, `{i}` = layer. A tuple means "these HF tensors stacked on dim 0".
+WEIGHT_NAMES: dict[str, str | tuple[str, ...]] = {
+    "wte.weight": "transformer.wte.weight",
+    "wpe.weight": "transformer.wpe.weight",
+    "blocks.{i}.ln_1.weight": "transformer.h.{i}.ln_1.weight",
+    "blocks.{i}.ln_1.bias": "transformer.h.{i}.ln_1.bias",
+    "blocks.{i}.attn.qkv.weight": ("transformer.h.{i}.attn.attention.q_proj.weight",
+                                   "transformer.h.{i}.attn.attention.k_proj.weight",
+                                   "transformer.h.{i}.attn.attention.v_proj.weight"),
+    "blocks.{i}.attn.out_proj.weight": "transformer.h.{i}.attn.attention.out_proj.weight",
+    "blocks.{i}.attn.out_proj.bias": "transformer.h.{i}.attn.attention.out_proj.bias",
+    "blocks.{i}.ln_2.weight": "transformer.h.{i}.ln_2.weight",
+    "blocks.{i}.ln_2.bias": "transformer.h.{i}.ln_2.bias",
+    "blocks.{i}.mlp.c_fc.weight": "transformer.h.{i}.mlp.c_fc.weight",
+    "blocks.{i}.mlp.c_fc.bias": "transformer.h.{i}.mlp.c_fc.bias",
+    "blocks.{i}.mlp.c_proj.weight": "transformer.h.{i}.mlp.c_proj.weight",
+    "blocks.{i}.mlp.c_proj.bias": "transformer.h.{i}.mlp.c_proj.bias",
+    "ln_f.weight": "transformer.ln_f.weight",
+    "ln_f.bias": "transformer.ln_f.bias",
+    "lm_head.weight": "lm_head.weight",  # only written/read when not tied to wte
+}
+
+# Buffers that old GPT-Neo checkpoints carry (causal masks); nothing to load.
+_IGNORED_SUFFIXES = ("attn.attention.bias", "attn.attention.masked_bias")
+
+
+def _expand(cfg: ModelConfig) -> list[tuple[str, str | tuple[str, ...]]]:
+    """WEIGHT_NAMES with the layer index filled in, for this config's tensors."""
+    pairs = []
+    for ours, theirs in WEIGHT_NAMES.items():
+        if ours == "lm_head.weight" and cfg.tie_embeddings:
+            continue
+        layers = range(cfg.layers) if "{i}" in ours else [None]
+        for i in layers:
+            fill = (lambda s: s.format(i=i)) if i is not None else (lambda s: s)
+            pairs.append((fill(ours), tuple(map(fill, theirs)) if isinstance(theirs, tuple) else fill(theirs)))
+    return pairs
+
+
+# ------------------------------------------------------------------ config
+
+def check_exportable(cfg: ModelConfig) -> None:
+    """A UserError unless GPT-Neo can express `cfg` exactly."""
+    why = []
+    if cfg.position != "learned":
+        why.append(f"position={cfg.position} (GPT-Neo has learned positions)")
+    if cfg.norm != "layernorm":
+        why.append(f"norm={cfg.norm} (GPT-Neo has LayerNorm)")
+    if cfg.mlp != "gelu":
+        why.append(f"mlp={cfg.mlp} (GPT-Neo has a GELU MLP)")
+    if why:
+        raise UserError("this model cannot be exported to transformers' GPT-Neo: " + "; ".join(why))
+
+
+def attention_types(layer_types: list[str]) -> list:
+    """['global', 'local', 'global', 'local'] -> [[['global', 'local'], 2]] (GPT-Neo's run-length form)."""
+    n = len(layer_types)
+    for period in range(1, n + 1):
+        if n % period == 0 and layer_types == layer_types[:period] * (n // period):
+            return [[layer_types[:period], n // period]]
+    raise AssertionError("unreachable: period n always matches")
+
+
+def to_hf_config(cfg: ModelConfig, tokenizer: Tokenizer | None = None) -> dict:
+    """The transformers GPT-Neo config.json for `cfg`."""
+    check_exportable(cfg)
+    eot = tokenizer.eot_id if tokenizer is not None else None
+    return {
+        "architectures": ["GPTNeoForCausalLM"],
+        "model_type": "gpt_neo",
+        "vocab_size": cfg.vocab_size,
+        "max_position_embeddings": cfg.context,
+        "hidden_size": cfg.hidden,
+        "num_layers": cfg.layers,
+        "num_heads": cfg.heads,
+        "attention_types": attention_types(cfg.layer_types),
+        "window_size": cfg.window,
+        "intermediate_size": cfg.mlp_width,
+        "activation_function": "gelu_new",
+        "embed_dropout": cfg.dropout,
+        "attention_dropout": cfg.dropout,
+        "resid_dropout": cfg.dropout,
+        "layer_norm_epsilon": cfg.layer_norm_eps,
+        "initializer_range": 0.02,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "bos_token_id": eot,
+        "eos_token_id": eot,
+        "use_cache": True,
+        "torch_dtype": "float32",
+    }
+
+
+def from_hf_config(hf: dict, source: str = "config.json") -> ModelConfig:
+    """Our ModelConfig for a transformers GPT-Neo config.json (a UserError if it is not one we can run)."""
+    if hf.get("model_type") != "gpt_neo":
+        raise UserError(f"{source}: model_type is {hf.get('model_type')!r}, only gpt_neo is supported")
+    act = hf.get("activation_function", "gelu_new")
+    if act not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise UserError(f"{source}: activation_function {act!r} is not supported (GPT-Neo uses gelu_new)")
+    try:
+        layers = int(hf["num_layers"])
+        types = [t for pattern, n in hf.get("attention_types", [[["global", "local"], layers // 2]])
+                 for _ in range(n) for t in pattern]
+        hidden = int(hf["hidden_size"])
+        inter = hf.get("intermediate_size")
+        return ModelConfig(
+            vocab_size=int(hf.get("vocab_size", 50257)),
+            context=int(hf.get("max_position_embeddings", 2048)),
+            hidden=hidden,
+            layers=layers,
+            heads=int(hf.get("num_heads", 16)),
+            attention=_collapse(types),
+            window=int(hf.get("window_size", 256)),
+            intermediate=None if inter in (None, 4 * hidden) else int(inter),
+            dropout=float(hf.get("resid_dropout", 0.0)),
+            layer_norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
+            scale_attn=False,
+            tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{source}: not a usable GPT-Neo config ({type(e).__name__}: {e})") from None
+
+
+def _collapse(types: list[str]) -> str | list[str]:
+    if all(t == "global" for t in types):
+        return "global"
+    if all(t == "local" for t in types):
+        return "local"
+    if types == ["global" if i % 2 == 0 else "local" for i in range(len(types))]:
+        return "alternating"
+    return types
+
+
+# ------------------------------------------------------------------ weights
+
+def to_hf_state(model: GPTNeo) -> dict[str, torch.Tensor]:
+    """Our state dict renamed to transformers' names (fp32, CPU, contiguous)."""
+    import torch
+
+    cfg = model.config
+    ours = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
+    out = {}
+    for name, theirs in _expand(cfg):
+        t = ours[name]
+        if isinstance(theirs, tuple):
+            q, k, v = t.chunk(3, dim=0)
+            if cfg.scale_attn:  # GPT-Neo never scales scores: fold 1/sqrt(head_dim) into q (no bias)
+                q = q / math.sqrt(cfg.head_dim)
+            for hf_name, part in zip(theirs, (q, k, v)):
+                out[hf_name] = part.contiguous()
+        else:
+            out[theirs] = t.contiguous()
+    return out
+
+
+def from_hf_state(cfg: ModelConfig, state: dict[str, torch.Tensor], source: str) -> GPTNeo:
+    """A GPTNeo for `cfg` holding transformers-named `state` (a UserError on missing or misshapen tensors)."""
+    import torch
+
+    from .model import GPTNeo
+
+    state = {k.removeprefix("model."): v for k, v in state.items()}  # some exporters add a prefix
+    model = GPTNeo(cfg)
+    ours = model.state_dict()
+    loaded, missing = {}, []
+    for name, theirs in _expand(cfg):
+        names = theirs if isinstance(theirs, tuple) else (theirs,)
+        if any(n not in state for n in names):
+            missing += [n for n in names if n not in state]
+            continue
+        t = torch.cat([state[n] for n in names], dim=0) if len(names) > 1 else state[names[0]]
+        if t.shape != ours[name].shape:
+            raise UserError(f"{source}: {'+'.join(names)} has shape {tuple(t.shape)}, "
+                            f"config.json implies {tuple(ours[name].shape)}")
+        loaded[name] = t.float()
+    if missing:
+        raise UserError(f"{source}: missing {len(missing)} tensor(s) config.json implies, e.g. {missing[0]}")
+    used = {n for _, theirs in _expand(cfg) for n in (theirs if isinstance(theirs, tuple) else (theirs,))}
+    extra = [k for k in state if k not in used and not k.endswith(_IGNORED_SUFFIXES)
+             and not (k == "lm_head.weight" and cfg.tie_embeddings)]
+    if extra:
+        raise UserError(f"{source}: {len(extra)} tensor(s) config.json does not account for, e.g. {extra[0]}")
+    with torch.no_grad():
+        for name, t in loaded.items():
+            ours[name].copy_(t)
+    return model
+
+
+# ------------------------------------------------------------------ directories
+
+def _weights_file(directory: Path) -> Path:
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (directory / name).is_file():
+            return directory / name
+    raise UserError(f"{directory}: no model.safetensors or pytorch_model.bin (a transformers GPT-Neo directory needs one)")
+
+
+def _read_hf_weights(directory: Path) -> tuple[dict[str, torch.Tensor], str]:
+    import torch
+
+    st, pt = directory / "model.safetensors", directory / "pytorch_model.bin"
+    try:
+        if st.is_file():
+            from safetensors.torch import load_file
+
+            return load_file(str(st)), str(st)
+        if pt.is_file():
+            return torch.load(str(pt), map_location="cpu", weights_only=True), str(pt)
+    except Exception as e:  # a truncated or foreign file: say which, in one line
+        bad = st if st.is_file() else pt
+        raise UserError(f"{bad}: unreadable weights ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    raise UserError(f"{directory}: no model.safetensors or pytorch_model.bin (a transformers GPT-Neo directory needs one)")
+
+
+def _read_hf_tokenizer(directory: Path) -> Tokenizer:
+    if (directory / "tokenizer.json").is_file():
+        return Tokenizer.load(directory)
+    vocab, merges = directory / "vocab.json", directory / "merges.txt"
+    if vocab.is_file() and merges.is_file():  # GPT-2 style slow-tokenizer files
+        from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers
+
+        tk = HFTokenizer(models.BPE.from_file(str(vocab), str(merges)))
+        tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tk.decoder = decoders.ByteLevel()
+        eot = tk.token_to_id(EOT)
+        if eot is None:
+            raise UserError(f"{vocab}: has no {EOT} token")
+        tk.add_special_tokens([EOT])
+        return Tokenizer(tk, {"kind": "external", "vocab_size": tk.get_vocab_size(), "eot_id": eot})
+    raise UserError(f"{directory}: no tokenizer.json (or vocab.json + merges.txt) beside the weights")
+
+
+def check_hf_dir(directory: str | Path, hf: dict | None = None) -> tuple[ModelConfig, Tokenizer]:
+    """Our config and the tokenizer of a transformers GPT-Neo directory, or a UserError; no torch."""
+    directory = Path(directory)
+    path = directory / "config.json"
+    if hf is None:
+        try:
+            hf = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise UserError(f"{directory}: no config.json") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UserError(f"{path}: not valid JSON ({e})") from None
+    cfg = from_hf_config(hf, str(path))
+    _weights_file(directory)
+    tok = _read_hf_tokenizer(directory)
+    if tok.vocab_size > cfg.vocab_size:
+        raise UserError(f"{directory}: tokenizer has {tok.vocab_size} tokens but config.json "
+                        f"vocab_size is only {cfg.vocab_size}")
+    return cfg, tok
+
+
+def load_hf_dir(directory: str | Path) -> tuple[GPTNeo, Tokenizer]:
+    """Import a transformers GPT-Neo directory (e.g. a downloaded roneneldan/TinyStories-33M)."""
+    cfg, tok = check_hf_dir(directory)
+    state, source = _read_hf_weights(Path(directory))
+    return from_hf_state(cfg, state, source).eval(), tok
+
+
+def export_hf(model_dir: str | Path, out_dir: str | Path, force: bool = False) -> Path:
+    """Write `model_dir` (ours, or a GPT-Neo dir) as a transformers GPT-Neo directory at `out_dir`.
+
+    The result loads offline with AutoModelForCausalLM / AutoTokenizer.from_pretrained.
+    """
+    from safetensors.torch import save_file
+
+    from .modeldir import load_model
+    from .utils import atomic_dir, atomic_write_json
+
+    model, tok = load_model(model_dir)
+    cfg = model.config
+    hf_cfg = to_hf_config(cfg, tok)
+    _check_tokenizer_fits(tok, cfg, model_dir)
+    state = to_hf_state(model)
+    with atomic_dir(out_dir, force=force, option="--out") as tmp:
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        atomic_write_json(tmp / "config.json", hf_cfg)
+        atomic_write_json(tmp / "generation_config.json",
+                          {"bos_token_id": tok.eot_id, "eos_token_id": tok.eot_id})
+        tok.save(tmp)  # tokenizer.json + tokenizer_meta.json (ours; transformers ignores the latter)
+        eot = tok.tk.id_to_token(tok.eot_id)
+        special = {"bos_token": eot, "eos_token": eot, "unk_token": eot}
+        atomic_write_json(tmp / "tokenizer_config.json", {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "model_max_length": cfg.context,
+            "add_prefix_space": False,
+            "clean_up_tokenization_spaces": False,
+            **special,
+        })
+        atomic_write_json(tmp / "special_tokens_map.json", special)
+    return Path(out_dir)
+
+
+def _check_tokenizer_fits(tok: Tokenizer, cfg: ModelConfig, source) -> None:
+    # transformers does not clip ids the way our Tokenizer does for a truncated vocabulary,
+    # so every id its tokenizer can produce must have an embedding row.
+    full = tok.tk.get_vocab_size(with_added_tokens=True)
+    if full > cfg.vocab_size:
+        raise UserError(f"{source}: its tokenizer.json has {full} tokens but the model embeds only "
+                        f"{cfg.vocab_size}; transformers would produce ids the model cannot embed")
