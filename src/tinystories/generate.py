@@ -70,10 +70,21 @@ def prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
     return [tokenizer.eot_id] + (tokenizer.encode(prompt) if prompt else [])
 
 
+def encode_prompts(tokenizer: Tokenizer, prompts: list[str], context: int) -> list[list[int]]:
+    """`prompt_ids` of each prompt; a UserError for one that leaves no room to generate."""
+    seqs = [prompt_ids(tokenizer, p) for p in prompts]
+    for i, s in enumerate(seqs):
+        if len(s) >= context:
+            which = f"prompt {i + 1}" if len(seqs) > 1 else "the prompt"
+            raise UserError(f"{which} is {len(s)} tokens (with the leading <|endoftext|>) but the model's "
+                            f"context is {context}: no room left to generate; shorten it")
+    return seqs
+
+
 def generate(model: GPTNeo, tokenizer: Tokenizer, prompts: list[str] | str, *, max_new_tokens: int = 256,
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
              num_beams: int = 1, num_samples: int = 1, seed: int | None = None,
-             on_text: TextCallback | None = None, batch_size: int = 32) -> list[list[Completion]]:
+             on_text: TextCallback | None = None, batch_size: int = 32, lookup: int = 8) -> list[list[Completion]]:
     """Complete each prompt; returns, per prompt, `num_samples` completions.
 
     temperature 0 is greedy; `num_beams` > 1 is beam search (deterministic; its best
@@ -81,6 +92,11 @@ def generate(model: GPTNeo, tokenizer: Tokenizer, prompts: list[str] | str, *, m
     draws from its own generator seeded by (seed, j), so a prompt's samples do not depend on
     the batch it is in. `on_text` streams new text as it is decoded (not for beam search).
     `batch_size` bounds the rows (prompts x samples or beams) decoded at once.
+
+    Greedy decoding of a single sequence drafts up to `lookup` tokens by finding the
+    last few tokens earlier in the text (stories repeat names and phrases) and checks
+    them all in one forward pass: the output is the greedy output, made with fewer passes
+    over the weights. `lookup=0` decodes one token per pass.
     """
     import torch
 
@@ -88,13 +104,7 @@ def generate(model: GPTNeo, tokenizer: Tokenizer, prompts: list[str] | str, *, m
         prompts = [prompts]
     check_options(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                   num_beams=num_beams, num_samples=num_samples)
-    ctx = model.config.context
-    seqs = [prompt_ids(tokenizer, p) for p in prompts]
-    for i, s in enumerate(seqs):
-        if len(s) >= ctx:
-            which = f"prompt {i + 1}" if len(seqs) > 1 else "the prompt"
-            raise UserError(f"{which} is {len(s)} tokens (with the leading <|endoftext|>) but the model's "
-                            f"context is {ctx}: no room left to generate; shorten it")
+    seqs = encode_prompts(tokenizer, prompts, model.config.context)
     if seed is None:
         seed = int(torch.randint(0, 2**62, (1,)).item()) if temperature > 0 else 0
 
@@ -103,13 +113,13 @@ def generate(model: GPTNeo, tokenizer: Tokenizer, prompts: list[str] | str, *, m
     try:
         with torch.inference_mode():
             return _generate(model, tokenizer, seqs, max_new_tokens, temperature, top_k, top_p,
-                             num_beams, num_samples, seed, on_text, batch_size)
+                             num_beams, num_samples, seed, on_text, batch_size, lookup)
     finally:
         model.train(was_training)
 
 
 def _generate(model, tokenizer, seqs, max_new_tokens, temperature, top_k, top_p, num_beams, num_samples,
-              seed, on_text, batch_size) -> list[list[Completion]]:
+              seed, on_text, batch_size, lookup) -> list[list[Completion]]:
     per_prompt = num_beams if num_beams > 1 else num_samples
     results: list[list[Completion]] = [[] for _ in seqs]
     # rope models cannot shift positions per row, so only equal-length prompts share a batch
@@ -130,8 +140,11 @@ def _generate(model, tokenizer, seqs, max_new_tokens, temperature, top_k, top_p,
                 if piece:
                     on_text(rows[r][0], rows[r][1], piece)
 
-        outs = _sample(model, tokenizer.eot_id, [seqs[i] for i, _ in rows], max_new_tokens,
-                       temperature, top_k, top_p, rngs, stream)
+        if len(rows) == 1 and temperature == 0 and lookup > 0:
+            outs = [_greedy_lookup(model, tokenizer.eot_id, seqs[rows[0][0]], max_new_tokens, lookup, stream)]
+        else:
+            outs = _sample(model, tokenizer.eot_id, [seqs[i] for i, _ in rows], max_new_tokens,
+                           temperature, top_k, top_p, rngs, stream)
         for (i, _), (toks, reason) in zip(rows, outs):
             results[i].append(_completion(tokenizer, toks, reason))
     return results
@@ -207,6 +220,7 @@ class _Rows:
         self._pad = self.pad if longest > min(map(len, seqs)) else None
         self.n = longest  # slots filled
         self.cache = model.new_cache(len(seqs), self.cap)
+        self.weights = model.decode_weights() if model.fast_decode else None
 
     def prefill(self) -> torch.Tensor:
         """Logits [rows, V] after the prompts."""
@@ -217,9 +231,12 @@ class _Rows:
         if self.n == self.cap:
             self._slide()
         self.ids[:, self.n] = tokens
-        logits = self.model(tokens[:, None], cache=self.cache, start=self.n, pad=self._pad, last_only=True)
+        if self.weights is not None and self._pad is None:
+            logits = self.model.decode_step(tokens, self.cache, self.n, self.weights)
+        else:
+            logits = self.model(tokens[:, None], cache=self.cache, start=self.n, pad=self._pad, last_only=True)[:, -1]
         self.n += 1
-        return logits[:, -1]
+        return logits
 
     def reorder(self, index: torch.Tensor) -> None:
         """Rows become rows `index` of before (beams that moved, finished rows dropped)."""
@@ -269,6 +286,86 @@ def _sample(model, eot: int, seqs, max_new_tokens, temperature, top_k, top_p, rn
             nxt, alive = nxt[index], [alive[k] for k in keep]
         logits = rows.step(nxt)
     return list(zip(out, reason))
+
+
+def _greedy_lookup(model, eot: int, seq: list[int], max_new_tokens: int, lookup: int, stream):
+    """Greedy decoding of one sequence with drafts from its own text, verified in one pass.
+
+    The tokens fed at each pass are [last token, draft...]; the model's argmax after each
+    of them says how many drafts were right, and adds one token of its own beyond them.
+    """
+    import torch
+
+    rows = _Rows(model, [seq], max_new_tokens, fill=eot)
+    index = _NgramIndex(seq)
+    nxt = int(rows.prefill()[0].argmax())
+    out: list[int] = []
+    size = max(1, lookup // 2)  # draft length: grows while drafts are right, shrinks when not
+    while True:
+        if nxt == eot:
+            return out, "eot"
+        out.append(nxt)
+        index.append(nxt)
+        if stream is not None:
+            stream(0, nxt)
+        if len(out) == max_new_tokens:
+            return out, "length"
+        if rows.n == rows.cap:
+            rows._slide()
+        # a pass yields the accepted drafts plus one token: never more than is wanted or fits
+        k = min(size, max_new_tokens - len(out) - 1, rows.cap - rows.n - 1)
+        feed = [nxt] + index.draft(k)
+        fed = torch.tensor([feed], device=rows.ids.device)
+        rows.ids[:, rows.n:rows.n + len(feed)] = fed
+        if len(feed) == 1 and rows.weights is not None:
+            preds = model.decode_step(fed[0], rows.cache, rows.n, rows.weights)
+        else:
+            preds = model(fed, cache=rows.cache, start=rows.n, last_only=len(feed) == 1)[0]
+        preds = preds.argmax(-1).tolist()
+        ok = 0
+        while ok < len(feed) - 1 and feed[ok + 1] == preds[ok]:
+            ok += 1
+        rows.n += 1 + ok  # cache slots past this hold rejected drafts; later tokens overwrite them
+        if len(feed) > 1:
+            size = min(lookup, size + 2) if ok == len(feed) - 1 else max(1, size - 1)
+        for t in feed[1:1 + ok]:
+            if t == eot:
+                return out, "eot"
+            out.append(t)
+            index.append(t)
+            if stream is not None:
+                stream(0, t)
+        nxt = preds[ok]
+
+
+class _NgramIndex:
+    """Where each of the last 1..3-token contexts last occurred, to draft what followed it."""
+
+    def __init__(self, tokens: list[int], longest: int = 3):
+        self.tokens: list[int] = []
+        self.seen = [dict() for _ in range(longest)]  # seen[n-1][ngram] = index of the token after it
+        for t in tokens:
+            self.append(t)
+
+    def append(self, token: int) -> None:
+        p = len(self.tokens)
+        for n, seen in enumerate(self.seen, start=1):
+            if p >= n:
+                seen[tuple(self.tokens[p - n:p])] = p
+        self.tokens.append(token)
+
+    def draft(self, k: int, shortest: int = 2) -> list[int]:
+        toks = self.tokens
+        for n in range(len(self.seen), shortest - 1, -1):  # one matching token is too weak a cue
+            p = self.seen[n - 1].get(tuple(toks[-n:])) if len(toks) >= n else None
+            if p is not None:
+                # copy what followed; past the end, keep copying with the same period (loops)
+                draft: list[int] = []
+                for i in range(k):
+                    j = p + i
+                    draft.append(toks[j] if j < len(toks) else draft[j - len(toks)])
+                return draft
+        return []
 
 
 def _choose(logits: torch.Tensor, temperature: float, top_k, top_p, rngs) -> torch.Tensor:

@@ -33,11 +33,12 @@ class KVCache:
         self.max_len = max_len
 
     def update(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor, lo: int = 0):
-        end = start + k.size(2)
-        assert end <= self.max_len, "KV cache overflow: the caller must slide the window"
-        self.k[layer][:, :, start:end] = k
-        self.v[layer][:, :, start:end] = v
-        return self.k[layer][:, :, lo:end], self.v[layer][:, :, lo:end]
+        T = k.size(2)
+        assert start + T <= self.max_len, "KV cache overflow: the caller must slide the window"
+        kc, vc = self.k[layer], self.v[layer]
+        kc.narrow(2, start, T).copy_(k)  # narrow + copy_: cheaper per token than slice assignment
+        vc.narrow(2, start, T).copy_(v)
+        return kc.narrow(2, lo, start + T - lo), vc.narrow(2, lo, start + T - lo)
 
     def reorder(self, index: torch.Tensor, upto: int | None = None) -> None:
         """Rows become rows `index` of before (beam search, dropping finished rows).
@@ -119,8 +120,8 @@ class SelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout, scale=self.scale)
         else:  # mask None here: one new token that may see every key it was given
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=self.scale)
-        y = y.transpose(1, 2).reshape(B, T, C)
-        return self.resid_drop(self.out_proj(y))
+        y = self.out_proj(y.transpose(1, 2).reshape(B, T, C))
+        return self.resid_drop(y) if dropout else y
 
 
 class Masks:
@@ -155,7 +156,8 @@ class MLP(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x):
-        return self.drop(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))  # HF's gelu_new
+        y = self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))  # HF's gelu_new
+        return self.drop(y) if self.training and self.drop.p else y
 
 
 class SwiGLU(nn.Module):
@@ -167,7 +169,8 @@ class SwiGLU(nn.Module):
 
     def forward(self, x):
         gate, up = self.gate_up(x).chunk(2, dim=-1)
-        return self.drop(self.down(F.silu(gate) * up))
+        y = self.down(F.silu(gate) * up)
+        return self.drop(y) if self.training and self.drop.p else y
 
 
 def make_norm(cfg: ModelConfig) -> nn.Module:
@@ -222,6 +225,40 @@ class GPTNeo(nn.Module):
         p = self.wte.weight
         return KVCache(self.config, batch, max_len or self.config.context, p.device, dtype or p.dtype)
 
+    @property
+    def fast_decode(self) -> bool:
+        """Whether `decode_step` can run this config (GPT-Neo's own block, learned positions)."""
+        c = self.config
+        return c.position == "learned" and c.norm == "layernorm" and c.mlp == "gelu" and not self.training
+
+    def decode_weights(self) -> list:
+        """The tensors `decode_step` reads, gathered once per generation (attribute lookups add up)."""
+        layers = [(b.ln_1.weight, b.ln_1.bias, b.attn.qkv.weight, b.attn.out_proj.weight, b.attn.out_proj.bias,
+                   b.ln_2.weight, b.ln_2.bias, b.mlp.c_fc.weight, b.mlp.c_fc.bias, b.mlp.c_proj.weight,
+                   b.mlp.c_proj.bias, b.attn) for b in self.blocks]
+        return [self.wte.weight, self.wpe.weight, self.ln_f.weight, self.ln_f.bias, self.lm_head.weight, layers]
+
+    def decode_step(self, idx: torch.Tensor, cache: KVCache, start: int, weights: list | None = None) -> torch.Tensor:
+        """Logits [B, V] for one new token per row at slot `start` (no padding).
+
+        The same arithmetic as forward(idx[:, None], cache=cache, start=start, last_only=True),
+        written flat: for the smallest models the per-module calls of forward cost more than
+        the arithmetic itself. GPT-Neo blocks only (see `fast_decode`); `weights` is
+        `decode_weights()`, which a generation loop gathers once.
+        """
+        wte, wpe, lnf_w, lnf_b, head, layers = weights or self.decode_weights()
+        B, C, eps = idx.size(0), self.config.hidden, self.config.layer_norm_eps
+        x = (wte[idx] + wpe[start]).unsqueeze(1)
+        for i, (w1, b1, wqkv, wo, bo, w2, b2, wfc, bfc, wpr, bpr, attn) in enumerate(layers):
+            h = F.layer_norm(x, (C,), w1, b1, eps)
+            q, k, v = F.linear(h, wqkv).view(B, 1, 3, attn.heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+            k, v = cache.update(i, start, k, v, lo=attn.key_start(start, cache))
+            y = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)
+            x = x + F.linear(y.transpose(1, 2).reshape(B, 1, C), wo, bo)
+            h = F.gelu(F.linear(F.layer_norm(x, (C,), w2, b2, eps), wfc, bfc), approximate="tanh")
+            x = x + F.linear(h, wpr, bpr)
+        return F.linear(F.layer_norm(x[:, 0], (C,), lnf_w, lnf_b, eps), head)
+
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
                 cache: KVCache | None = None, start: int = 0, last_only: bool = False,
                 pad: torch.Tensor | None = None):
@@ -242,7 +279,8 @@ class GPTNeo(nn.Module):
             else:
                 pos = torch.arange(start, start + T, device=idx.device)[None, :] - pad[:, None]
                 x = x + self.wpe(pos.clamp(min=0))
-        x = self.drop(x)
+        if self.training and self.drop.p:
+            x = self.drop(x)
         rope = (self.rope_cos, self.rope_sin) if self.wpe is None else None
         masks = Masks(start, T, idx.device, pad)
         for block in self.blocks:

@@ -74,8 +74,8 @@ def read_config(directory: str | Path) -> tuple[str, dict]:
     raise UserError(f"{path}: neither a tinystories model nor a transformers GPT-Neo config")
 
 
-def check_model_dir(directory: str | Path) -> tuple[str, dict]:
-    """('ours' | 'hf', config.json) once the directory has what loading needs; else a UserError.
+def check_model_dir(directory: str | Path) -> tuple[ModelConfig, Tokenizer]:
+    """(config, tokenizer) once the directory has what loading needs; else a UserError.
 
     Checks the config, the weights file and the tokenizer (and that the model embeds every
     token id the tokenizer makes) without importing torch.
@@ -87,8 +87,7 @@ def check_model_dir(directory: str | Path) -> tuple[str, dict]:
     if kind == "hf":
         from .hf import check_hf_dir
 
-        check_hf_dir(directory, raw)
-        return kind, raw
+        return check_hf_dir(directory, raw)
     if not isinstance(raw.get("model"), dict):
         raise UserError(f"{directory / CONFIG_FILE}: no \"model\" section (the model's shape)")
     cfg = ModelConfig.from_dict(raw["model"])
@@ -98,7 +97,7 @@ def check_model_dir(directory: str | Path) -> tuple[str, dict]:
     if tok.vocab_size > cfg.vocab_size:
         raise UserError(f"{directory}: tokenizer has {tok.vocab_size} tokens but the model's vocab_size is "
                         f"only {cfg.vocab_size}; the tokenizer does not belong to this model")
-    return kind, raw
+    return cfg, tok
 
 
 def load_model(directory: str | Path, device: str | torch.device = "cpu",
@@ -109,20 +108,17 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu",
     from safetensors.torch import load_file
 
     from .model import GPTNeo
-    from .tokenizer import Tokenizer
 
     dtype = dtype or torch.float32
     directory = Path(directory)
-    kind, raw = check_model_dir(directory)
-    if kind == "hf":
+    if read_config(directory)[0] == "hf":
         from .hf import load_hf_dir
 
         model, tok = load_hf_dir(directory)
         return model.to(device=device, dtype=dtype).eval(), tok
 
-    cfg = ModelConfig.from_dict(raw["model"])
+    cfg, tok = check_model_dir(directory)
     weights = directory / WEIGHTS_FILE
-    tok = Tokenizer.load(directory)
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError) as e:

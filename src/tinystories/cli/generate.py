@@ -57,15 +57,16 @@ def run(args) -> int:
     from pathlib import Path
 
     from ..errors import UserError
-    from ..generate import check_options
+    from ..generate import check_options, encode_prompts
     from ..modeldir import check_model_dir
 
     check_options(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                   top_p=args.top_p, num_beams=args.num_beams, num_samples=args.num_samples)
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
-    check_model_dir(args.model_dir)  # fail in a moment, before torch loads
-    raw = user_prompts(args)
+    cfg, tok = check_model_dir(args.model_dir)  # fail in a moment, before torch loads
+    prompts = [build_prompt(args, t) for t in user_prompts(args)]
+    encode_prompts(tok, prompts, cfg.context)
     if args.out and Path(args.out).exists() and not args.force:
         raise UserError(f"--out {args.out} already exists; pass --force to replace it")
 
@@ -77,7 +78,6 @@ def run(args) -> int:
 
     model, tok = load_model(args.model_dir, resolve_device(args.device),
                             torch.bfloat16 if args.dtype == "bf16" else torch.float32)
-    prompts = [build_prompt(args, t) for t in raw]
     seed = args.seed
     if seed is None and args.temperature > 0 and args.num_beams == 1:
         seed = int(torch.randint(0, 2**31, (1,)).item())  # reported, so that a run can be repeated
