@@ -320,4 +320,5 @@ def _check_tokenizer_fits(tok: Tokenizer, cfg: ModelConfig, source) -> None:
     full = tok.tk.get_vocab_size(with_added_tokens=True)
     if full > cfg.vocab_size:
         raise UserError(f"{source}: its tokenizer.json has {full} tokens but the model embeds only "
-                        f"{cfg.vocab_size}; transformers would produce ids the model cannot embed")
+                        f"{cfg.vocab_size} (the rest read as <|unk|> here); a transformers tokenizer cannot "
+                        "do that, so this model cannot be exported: use a tokenizer the model fully embeds")
