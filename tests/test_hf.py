@@ -18,7 +18,7 @@ from tinystories.errors import UserError
 from tinystories.hf import attention_types, export_hf, load_hf_dir, to_hf_config
 from tinystories.model import GPTNeo
 from tinystories.modeldir import load_model, save_model
-from tinystories.tokenizer import train_bpe
+from tinystories.tokenizer import gpt_neo_tokenizer, train_bpe
 
 transformers = pytest.importorskip("transformers")
 VOCAB = 512
@@ -239,3 +239,21 @@ def test_bad_transformers_dir_one_line_error(tok, tmp_path):
     (tmp_path / "hf" / "config.json").write_text(json.dumps(c))
     assert_one_line_error(run_cli("export", tmp_path / "hf", "--out", tmp_path / "o"),
                           "missing", "transformer.h.8")
+
+
+def test_export_with_the_gpt_neo_tokenizer(tmp_path):
+    """The released checkpoints' tokenizer exports as is; a truncated top-N vocabulary (ids beyond N
+    read as <|unk|>) cannot be expressed by a transformers tokenizer, and says so."""
+    full = gpt_neo_tokenizer()
+    cfg = ModelConfig(vocab_size=50257, context=64, hidden=32, layers=2, heads=4)
+    save_model(tmp_path / "full", GPTNeo(cfg), full)
+    export_hf(tmp_path / "full", tmp_path / "full-hf")
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "full-hf", local_files_only=True)
+    assert hf_tok("Once upon a time")["input_ids"] == full.encode("Once upon a time") == [7454, 2402, 257, 640]
+
+    import numpy as np
+
+    trunc = gpt_neo_tokenizer(1000, np.arange(50257)[::-1].copy())
+    save_model(tmp_path / "trunc", GPTNeo(cfg.replace(vocab_size=1000)), trunc)
+    assert_one_line_error(run_cli("export", tmp_path / "trunc", "--out", tmp_path / "x"),
+                          "cannot be exported", "50258 tokens")

@@ -287,13 +287,13 @@ def export_hf(model_dir: str | Path, out_dir: str | Path, force: bool = False) -
     """
     from safetensors.torch import save_file
 
-    from .modeldir import load_model
+    from .modeldir import check_model_dir, load_model
     from .utils import atomic_dir, atomic_write_json
 
-    model, tok = load_model(model_dir)
-    cfg = model.config
+    cfg, tok = check_model_dir(model_dir)  # what can be wrong is found before torch loads
     hf_cfg = to_hf_config(cfg, tok)
     _check_tokenizer_fits(tok, cfg, model_dir)
+    model, tok = load_model(model_dir)
     state = to_hf_state(model)
     with atomic_dir(out_dir, force=force, option="--out") as tmp:
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
