@@ -96,7 +96,6 @@ def main() -> None:
         tokens = len(outputs["transformers"])
         speed = {k: tokens / statistics.median(v) for k, v in times.items()}
         rows.append((shape, parameter_counts(cfg)["total"], speed, same, tokens))
-        del ours, hf
 
     names = list(rows[0][2])
     head = f"{'shape':<6} {'params':>7} " + " ".join(f"{k + ' tok/s':>26}" for k in names) + "  same tokens"

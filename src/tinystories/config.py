@@ -7,7 +7,7 @@ Field names are ours (hidden, layers, heads, context); `hf.py` maps them to the
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .errors import UserError
 

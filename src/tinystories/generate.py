@@ -131,15 +131,7 @@ def _generate(model, tokenizer, seqs, max_new_tokens, temperature, top_k, top_p,
             continue
         rows = [(i, j) for i in chunk for j in range(num_samples)]
         rngs = [_row_generator(seed, j, model.wte.weight.device) for _, j in rows]
-        stream = None
-        if on_text is not None:
-            detoks = [_Detokenizer(tokenizer) for _ in rows]
-
-            def stream(r, token, rows=rows, detoks=detoks):
-                piece = detoks[r].push(token)
-                if piece:
-                    on_text(rows[r][0], rows[r][1], piece)
-
+        stream = _streamer(on_text, tokenizer, rows) if on_text is not None else None
         if len(rows) == 1 and temperature == 0 and lookup > 0:
             outs = [_greedy_lookup(model, tokenizer.eot_id, seqs[rows[0][0]], max_new_tokens, lookup, stream)]
         else:
@@ -220,21 +212,18 @@ class _Rows:
         self._pad = self.pad if longest > min(map(len, seqs)) else None
         self.n = longest  # slots filled
         self.cache = model.new_cache(len(seqs), self.cap)
-        self.weights = model.decode_weights() if model.fast_decode else None
+        self.weights = model.decode_weights()
 
     def prefill(self) -> torch.Tensor:
         """Logits [rows, V] after the prompts."""
-        return self.model(self.ids[:, :self.n], cache=self.cache, start=0, pad=self._pad, last_only=True)[:, -1]
+        return self.model.decode(self.ids[:, :self.n], self.cache, 0, self._pad, weights=self.weights)
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Feed one token per row; logits [rows, V] for the next."""
         if self.n == self.cap:
             self._slide()
         self.ids[:, self.n] = tokens
-        if self.weights is not None and self._pad is None:
-            logits = self.model.decode_step(tokens, self.cache, self.n, self.weights)
-        else:
-            logits = self.model(tokens[:, None], cache=self.cache, start=self.n, pad=self._pad, last_only=True)[:, -1]
+        logits = self.model.decode(tokens[:, None], self.cache, self.n, self._pad, weights=self.weights)
         self.n += 1
         return logits
 
@@ -252,7 +241,7 @@ class _Rows:
         self._pad = self.pad if bool(self.pad.any()) else None
         self.n = self.keep
         if self.keep:
-            self.model(self.ids[:, :self.keep], cache=self.cache, start=0, pad=self._pad, last_only=True)
+            self.model.decode(self.ids[:, :self.keep], self.cache, 0, self._pad, weights=self.weights)
 
 
 def _sample(model, eot: int, seqs, max_new_tokens, temperature, top_k, top_p, rngs, stream):
@@ -301,6 +290,7 @@ def _greedy_lookup(model, eot: int, seq: list[int], max_new_tokens: int, lookup:
     nxt = int(rows.prefill()[0].argmax())
     out: list[int] = []
     size = max(1, lookup // 2)  # draft length: grows while drafts are right, shrinks when not
+    pause = 0                   # after drafts that all failed, decode this many tokens plainly
     while True:
         if nxt == eot:
             return out, "eot"
@@ -313,21 +303,24 @@ def _greedy_lookup(model, eot: int, seq: list[int], max_new_tokens: int, lookup:
         if rows.n == rows.cap:
             rows._slide()
         # a pass yields the accepted drafts plus one token: never more than is wanted or fits
-        k = min(size, max_new_tokens - len(out) - 1, rows.cap - rows.n - 1)
-        feed = [nxt] + index.draft(k)
+        k = min(size if not pause else 0, max_new_tokens - len(out) - 1, rows.cap - rows.n - 1)
+        pause = max(0, pause - 1)
+        feed = [nxt] + (index.draft(k) if k > 0 else [])
         fed = torch.tensor([feed], device=rows.ids.device)
         rows.ids[:, rows.n:rows.n + len(feed)] = fed
-        if len(feed) == 1 and rows.weights is not None:
-            preds = model.decode_step(fed[0], rows.cache, rows.n, rows.weights)
-        else:
-            preds = model(fed, cache=rows.cache, start=rows.n, last_only=len(feed) == 1)[0]
+        preds = model.decode(fed, rows.cache, rows.n, last_only=False, weights=rows.weights)[0]
         preds = preds.argmax(-1).tolist()
         ok = 0
         while ok < len(feed) - 1 and feed[ok + 1] == preds[ok]:
             ok += 1
         rows.n += 1 + ok  # cache slots past this hold rejected drafts; later tokens overwrite them
         if len(feed) > 1:
-            size = min(lookup, size + 2) if ok == len(feed) - 1 else max(1, size - 1)
+            if ok == len(feed) - 1:
+                size = min(lookup, size + 2)
+            elif ok == 0:
+                size, pause = max(1, size // 2), (4 if size == 1 else 0)
+            else:
+                size = max(1, size - 1)
         for t in feed[1:1 + ok]:
             if t == eot:
                 return out, "eot"
@@ -490,6 +483,18 @@ def _chunks(seqs: list[list[int]], per_chunk: int, same_length: bool) -> list[li
 
 def _completion(tokenizer: Tokenizer, tokens: list[int], reason: str, score: float | None = None) -> Completion:
     return Completion(text=tokenizer.decode(tokens), tokens=tokens, finish_reason=reason, score=score)
+
+
+def _streamer(on_text: TextCallback, tokenizer: Tokenizer, rows: list[tuple[int, int]]):
+    """stream(row, token) for the decoders: new text per (prompt, sample) through `on_text`."""
+    detoks = [_Detokenizer(tokenizer) for _ in rows]
+
+    def stream(r: int, token: int) -> None:
+        piece = detoks[r].push(token)
+        if piece:
+            on_text(rows[r][0], rows[r][1], piece)
+
+    return stream
 
 
 class _Detokenizer:

@@ -116,12 +116,16 @@ class SelfAttention(nn.Module):
 
         dropout = self.dropout if self.training else 0.0
         mask = masks.get(self, k_start, k.size(2)) if masks is not None else None
-        if mask is None and T > 1:  # plain causal attention over a fresh sequence
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout, scale=self.scale)
-        else:  # mask None here: one new token that may see every key it was given
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=self.scale)
-        y = self.out_proj(y.transpose(1, 2).reshape(B, T, C))
+        y = self.out_proj(attend(q, k, v, mask, self.scale, dropout).transpose(1, 2).reshape(B, T, C))
         return self.resid_drop(y) if dropout else y
+
+
+def attend(q, k, v, mask: torch.Tensor | None, scale: float, dropout: float = 0.0) -> torch.Tensor:
+    """Attention through SDPA. No mask means plain causal attention over a fresh sequence,
+    or one new token that may see every key it was given."""
+    if mask is None and q.size(2) > 1:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout, scale=scale)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scale)
 
 
 class Masks:
@@ -225,39 +229,51 @@ class GPTNeo(nn.Module):
         p = self.wte.weight
         return KVCache(self.config, batch, max_len or self.config.context, p.device, dtype or p.dtype)
 
-    @property
-    def fast_decode(self) -> bool:
-        """Whether `decode_step` can run this config (GPT-Neo's own block, learned positions)."""
+    def decode_weights(self) -> list | None:
+        """The tensors `decode` reads, gathered once per generation (attribute lookups add up);
+        None for configs that only `forward` runs (rope, rmsnorm, swiglu)."""
         c = self.config
-        return c.position == "learned" and c.norm == "layernorm" and c.mlp == "gelu" and not self.training
-
-    def decode_weights(self) -> list:
-        """The tensors `decode_step` reads, gathered once per generation (attribute lookups add up)."""
+        if (c.position, c.norm, c.mlp) != ("learned", "layernorm", "gelu"):
+            return None
         layers = [(b.ln_1.weight, b.ln_1.bias, b.attn.qkv.weight, b.attn.out_proj.weight, b.attn.out_proj.bias,
                    b.ln_2.weight, b.ln_2.bias, b.mlp.c_fc.weight, b.mlp.c_fc.bias, b.mlp.c_proj.weight,
                    b.mlp.c_proj.bias, b.attn) for b in self.blocks]
         return [self.wte.weight, self.wpe.weight, self.ln_f.weight, self.ln_f.bias, self.lm_head.weight, layers]
 
-    def decode_step(self, idx: torch.Tensor, cache: KVCache, start: int, weights: list | None = None) -> torch.Tensor:
-        """Logits [B, V] for one new token per row at slot `start` (no padding).
+    @torch.inference_mode()
+    def decode(self, idx: torch.Tensor, cache: KVCache, start: int = 0, pad: torch.Tensor | None = None,
+               last_only: bool = True, weights: list | None = None) -> torch.Tensor:
+        """Generation's forward pass: logits [B, V] after the last of idx's tokens ([B, T, V] if not
+        `last_only`), with `cache` and `pad` as in `forward`, in eval mode.
 
-        The same arithmetic as forward(idx[:, None], cache=cache, start=start, last_only=True),
-        written flat: for the smallest models the per-module calls of forward cost more than
-        the arithmetic itself. GPT-Neo blocks only (see `fast_decode`); `weights` is
+        For GPT-Neo blocks this is the arithmetic of `forward` written flat: for the smallest models
+        the per-module calls of `forward` cost more than the arithmetic itself. `weights` is
         `decode_weights()`, which a generation loop gathers once.
         """
-        wte, wpe, lnf_w, lnf_b, head, layers = weights or self.decode_weights()
-        B, C, eps = idx.size(0), self.config.hidden, self.config.layer_norm_eps
-        x = (wte[idx] + wpe[start]).unsqueeze(1)
+        weights = weights or self.decode_weights()
+        if weights is None or self.training:
+            logits = self.forward(idx, cache=cache, start=start, pad=pad, last_only=last_only)
+            return logits[:, -1] if last_only else logits
+        wte, wpe, lnf_w, lnf_b, head, layers = weights
+        B, T = idx.shape
+        C, eps = self.config.hidden, self.config.layer_norm_eps
+        if pad is None:
+            x = wte[idx] + wpe[start:start + T]
+        else:
+            x = wte[idx] + wpe[(torch.arange(start, start + T, device=idx.device)[None, :] - pad[:, None]).clamp(min=0)]
+        masks = Masks(start, T, idx.device, pad)
         for i, (w1, b1, wqkv, wo, bo, w2, b2, wfc, bfc, wpr, bpr, attn) in enumerate(layers):
-            h = F.layer_norm(x, (C,), w1, b1, eps)
-            q, k, v = F.linear(h, wqkv).view(B, 1, 3, attn.heads, attn.head_dim).permute(2, 0, 3, 1, 4)
-            k, v = cache.update(i, start, k, v, lo=attn.key_start(start, cache))
-            y = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)
-            x = x + F.linear(y.transpose(1, 2).reshape(B, 1, C), wo, bo)
+            q, k, v = F.linear(F.layer_norm(x, (C,), w1, b1, eps), wqkv).view(
+                B, T, 3, attn.heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+            k_start = attn.key_start(start, cache)
+            k, v = cache.update(i, start, k, v, lo=k_start)
+            y = attend(q, k, v, masks.get(attn, k_start, k.size(2)), attn.scale)
+            x = x + F.linear(y.transpose(1, 2).reshape(B, T, C), wo, bo)
             h = F.gelu(F.linear(F.layer_norm(x, (C,), w2, b2, eps), wfc, bfc), approximate="tanh")
             x = x + F.linear(h, wpr, bpr)
-        return F.linear(F.layer_norm(x[:, 0], (C,), lnf_w, lnf_b, eps), head)
+        if last_only:
+            x = x[:, -1]
+        return F.linear(F.layer_norm(x, (C,), lnf_w, lnf_b, eps), head)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
                 cache: KVCache | None = None, start: int = 0, last_only: bool = False,
