@@ -266,3 +266,28 @@ def test_generate_bad_input_one_line_errors(trained, tok, tmp_path):
     assert_one_line_error(run_cli("generate", m, "--prompts", tmp_path / "blank.txt"), "holds no prompts")
     assert_one_line_error(run_cli("generate", tmp_path, "Once"), "not a model directory")
     assert_one_line_error(run_cli("generate", tmp_path / "nope", "Once"), "no such model directory")
+
+
+def test_modern_block_generates_through_forward(tok):
+    """rope / rmsnorm / swiglu models decode through `forward` (no flat path, no padding): cached greedy
+    equals full recompute, prompts of different lengths batch correctly, sliding works."""
+    cfg = ModelConfig(vocab_size=VOCAB, context=48, hidden=32, layers=2, heads=4, window=8,
+                      position="rope", norm="rmsnorm", mlp="swiglu")
+    torch.manual_seed(0)
+    model = GPTNeo(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    assert model.decode_weights() is None
+    prompts = ["Once upon a time", "Tom", "Tom and Sue"]
+    together = generate(model, tok, prompts, max_new_tokens=60, temperature=0)
+    assert all(len(c.tokens) == 60 for [c] in together)  # past the context of 48: they slid
+    for p, [c] in zip(prompts, together):
+        assert c.tokens == generate(model, tok, [p], max_new_tokens=60, temperature=0, lookup=0)[0][0].tokens
+        window = prompt_ids(tok, p)
+        with torch.no_grad():
+            for t in c.tokens:
+                assert model(torch.tensor([window]))[0, -1].argmax().item() == t
+                if len(window) == 48:
+                    window = window[-36:]
+                window.append(t)
