@@ -44,6 +44,7 @@ class GptEvalConfig:
     concurrency: int = 8
     timeout: float = 60.0
     max_retries: int = 5
+    backoff: float = 1.0                # first retry wait (s), doubling
     parse_retries: int = 2
     cache: str | None = None            # None: <cache dir>/gpt-eval.jsonl; "" disables the cache
     out: str | None = None              # None: MODEL_DIR/eval
@@ -52,24 +53,51 @@ class GptEvalConfig:
 
 # ------------------------------------------------------------------ prompts
 
-def download_eval_prompts() -> Path:
-    """The authors' evaluation prompts from the hub dataset (cached by huggingface_hub after the first time)."""
+def download_eval_prompts(cache_dir: str | Path | None = None) -> Path:
+    """The authors' evaluation prompts from the hub dataset, from huggingface_hub's cache when it is there.
+
+    Offline, this fails within seconds with one line (huggingface_hub alone would retry for ~25 s and
+    log each retry).
+    """
+    import logging
+    import os
+    import socket
+    import urllib.parse
+
     try:
-        from huggingface_hub import hf_hub_download
+        from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
     except ImportError:
         raise UserError("downloading the evaluation prompts needs huggingface_hub (pip install huggingface_hub); "
                         "or pass --prompts FILE") from None
+    cached = try_to_load_from_cache(HUB_REPO, HUB_PROMPTS, repo_type="dataset", cache_dir=cache_dir)
+    if isinstance(cached, str):
+        return Path(cached)
+    advice = "pass --prompts FILE with a local copy"
+    offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+    if not offline:
+        url = urllib.parse.urlsplit(os.environ.get("HF_ENDPOINT") or constants.ENDPOINT)
+        try:
+            socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                     timeout=5).close()
+        except OSError as e:
+            raise UserError(f"cannot reach the Hugging Face hub at {url.hostname} to download {HUB_PROMPTS!r} "
+                            f"from {HUB_REPO} ({e.strerror or e}); {advice}") from None
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)          # its retry warnings would break the one-line error
     try:
-        return Path(hf_hub_download(HUB_REPO, HUB_PROMPTS, repo_type="dataset"))
+        return Path(hf_hub_download(HUB_REPO, HUB_PROMPTS, repo_type="dataset", cache_dir=cache_dir))
     except Exception as e:  # offline, hub down, proxy: all say the same thing to the user
         reason = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:120]
         raise UserError(f"cannot download {HUB_PROMPTS!r} from the hub dataset {HUB_REPO} ({reason}); "
-                        "pass --prompts FILE with a local copy") from None
+                        f"{advice}") from None
+    finally:
+        hub_log.setLevel(level)
 
 
-def load_prompts(path: str | Path | None) -> list[str]:
+def load_prompts(path: str | Path | None, cache_dir: str | Path | None = None) -> list[str]:
     """Story beginnings from a YAML/JSON list (strings, or dicts with 'prompt'), or the hub's file if None."""
-    path = download_eval_prompts() if path is None else Path(path)
+    path = download_eval_prompts(cache_dir) if path is None else Path(path)
     try:
         raw = yaml.safe_load(Path(path).read_text("utf-8"))
     except OSError as e:
@@ -102,7 +130,8 @@ def gpt_eval(cfg: GptEvalConfig) -> dict:
     cache_path = None if cfg.cache == "" else Path(cfg.cache or default_cache_dir() / "gpt-eval.jsonl")
     cache = JsonlCache(cache_path)
     client = ChatClient(cfg.judge_url, cfg.judge_model, api_key_env=cfg.api_key_env, timeout=cfg.timeout,
-                        max_retries=cfg.max_retries, concurrency=cfg.concurrency, what="judge")
+                        max_retries=cfg.max_retries, concurrency=cfg.concurrency, backoff=cfg.backoff,
+                        what="judge")
     judge = Judge(client, template, cache, parse_retries=cfg.parse_retries)
     weights = model_fingerprint(model_dir)
 

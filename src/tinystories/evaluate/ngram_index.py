@@ -110,7 +110,7 @@ def _doc_arrays(texts: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass
 class Closest:
-    score: float = -1.0          # Rouge-2 precision of the generated text against this story
+    score: float = 0.0           # Rouge-2 precision of the generated text against this story
     overlap: int = -1            # clipped bigram overlap (the scan's ranking key)
     index: int = -1              # position of the story in the corpus stream
     text: str = ""
@@ -162,8 +162,8 @@ class CorpusScan:
             if progress is not None:
                 progress(len(batch))
         for c, words in zip(self.closest, self.words):  # exact score for the winner
-            if c.index >= 0:
-                c.score = rouge_precision(words, c.text)
+            # no story shares a single bigram: precision 0 against every one (index stays -1)
+            c.score = rouge_precision(words, c.text) if c.index >= 0 else 0.0
         return self
 
     def _scan_chunk(self, batch: list[str]) -> None:
