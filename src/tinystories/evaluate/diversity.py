@@ -55,18 +55,20 @@ def sample_stories(sources: list[str], n: int, seed: int) -> tuple[list[str], in
     rng = random.Random(seed)
     picked: list[str] = []
     seen = total = 0
-    for source in sources:
-        for story in iter_stories(source):
-            total += 1
-            if len(tokenize(story)) < 10:   # too short to cut into a prompt and an ending
-                continue
-            seen += 1
-            if len(picked) < n:
-                picked.append(story)
-            else:
-                j = rng.randrange(seen)
-                if j < n:
-                    picked[j] = story
+    with progress(desc="sampling stories", unit="story", unit_scale=True) as bar:
+        for source in sources:
+            for story in iter_stories(source):
+                total += 1
+                bar.update()
+                if len(story.split()) < 10:   # too short to cut into a prompt and an ending
+                    continue
+                seen += 1
+                if len(picked) < n:
+                    picked.append(story)
+                else:
+                    j = rng.randrange(seen)
+                    if j < n:
+                        picked[j] = story
     if not picked:
         raise UserError(f"--train {' '.join(sources)}: no stories in it")
     return picked, total

@@ -157,8 +157,9 @@ def gpt_eval(cfg: GptEvalConfig) -> dict:
         "model": {"dir": str(model_dir), "weights_sha256": weights},
         "judge": {"url": client.url, "model": cfg.judge_model, "template": template.name,
                   "template_sha": template.fingerprint, "params": judge.params},
-        "settings": {k: v for k, v in asdict(cfg).items()
-                     if k in ("prompts", "samples", "temperature", "max_new_tokens", "seed", "limit")},
+        "settings": {**{k: v for k, v in asdict(cfg).items()
+                        if k in ("samples", "temperature", "max_new_tokens", "seed", "limit")},
+                     "prompts": cfg.prompts or f"hub:{HUB_REPO}/{HUB_PROMPTS}"},
         **summarize(per_prompt, template),
         "requests": {"sent": client.requests_sent, "judgments_from_cache": cached_before,
                      "judgments_new": len(items) - cached_before},
