@@ -30,7 +30,7 @@ def write_txt(path, stories):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """A 2-layer model (context 32) with a 512-token BPE, trained for a few seconds on real stories so that
+    """A 2-layer model (context 128) with a 512-token BPE, trained for a few seconds on real stories so that
     its completions share words and bigrams with the training text (Rouge values are not all zero)."""
     import torch
 
@@ -42,7 +42,7 @@ def tiny(tmp_path_factory):
     stories = read_stories(TRAIN_TXT, 300)
     tok = train_bpe(stories, vocab_size=512)
     torch.manual_seed(0)
-    model = GPTNeo(ModelConfig(vocab_size=tok.vocab_size, context=32, hidden=32, layers=2, heads=2, window=16))
+    model = GPTNeo(ModelConfig(vocab_size=tok.vocab_size, context=128, hidden=32, layers=2, heads=2, window=16))
     ids = torch.tensor([t for enc in tok.encode_batch(stories) for t in enc + [tok.eot_id]])
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(0)
@@ -218,7 +218,7 @@ def test_loss_streamed_equals_one_pass_and_bpb_by_definition(tiny, tmp_path):
     data = write_txt(tmp_path / "valid.txt", read_stories(VALID_TXT, 40))
     stories = list(iter_stories(str(data)))
     want, ids, nbytes = _expected(tiny, stories)
-    # batch 1: pieces of 32 * 16 tokens, so the stream is scored in many pieces
+    # batch 1: pieces of 128 * 16 tokens, so the stream is scored in many pieces
     r = evaluate_loss(LossConfig(str(tiny), str(data), batch_size=1, out=str(tmp_path / "out"), device="cpu"))
     assert r["tokens_scored"] == want.tokens == len(ids) - 1 > 5000
     assert r["nats_per_token"] == pytest.approx(want.mean, rel=1e-6)

@@ -280,7 +280,7 @@ def tiny_model(tmp_path_factory):
     stories = EVAL_PROMPTS.read_text().split("- |-")[1:]
     tok = train_bpe(stories, vocab_size=300)
     torch.manual_seed(0)
-    model = GPTNeo(ModelConfig(vocab_size=tok.vocab_size, context=64, hidden=32, layers=2, heads=2, window=32))
+    model = GPTNeo(ModelConfig(vocab_size=tok.vocab_size, context=256, hidden=32, layers=2, heads=2, window=32))
     d = tmp_path_factory.mktemp("tiny") / "model"
     save_model(d, model, tok)
     return d

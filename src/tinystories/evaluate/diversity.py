@@ -33,7 +33,6 @@ class DiversityConfig:
     max_new_tokens: int = 300
     temperature: float = 1.0
     seed: int = 0
-    batch_size: int = 20              # prompts generated at once
     out: str | None = None
     device: str = "auto"
 
@@ -48,8 +47,9 @@ def cut_story(story: str, fraction: float) -> tuple[str, str]:
     return story[:end], story[end:]
 
 
-def sample_stories(sources: list[str], n: int, seed: int) -> tuple[list[str], int]:
-    """n stories drawn uniformly from the stream (reservoir sampling, one pass), and how many stories it has."""
+def sample_stories(sources: list[str], n: int, seed: int, keep=None) -> tuple[list[str], int]:
+    """n stories drawn uniformly (reservoir sampling, one pass) from those with at least 10 words that
+    `keep` accepts (if given), and how many stories the sources hold in all."""
     from ..sources import iter_stories
 
     rng = random.Random(seed)
@@ -60,8 +60,8 @@ def sample_stories(sources: list[str], n: int, seed: int) -> tuple[list[str], in
             for story in iter_stories(source):
                 total += 1
                 bar.update()
-                if len(story.split()) < 10:   # too short to cut into a prompt and an ending
-                    continue
+                if len(story.split()) < 10 or (keep is not None and not keep(story)):
+                    continue                  # too short to cut in two, or too long for the model
                 seen += 1
                 if len(picked) < n:
                     picked.append(story)
@@ -70,7 +70,7 @@ def sample_stories(sources: list[str], n: int, seed: int) -> tuple[list[str], in
                     if j < n:
                         picked[j] = story
     if not picked:
-        raise UserError(f"--train {' '.join(sources)}: no stories in it")
+        raise UserError(f"--train {' '.join(sources)}: no story of 10 words or more that fits the model's context")
     return picked, total
 
 
@@ -95,9 +95,19 @@ def diversity(cfg: DiversityConfig) -> dict:
     if not 0 < cfg.cut < 1:
         raise UserError(f"--cut must be between 0 and 1, got {cfg.cut}")
     weights = model_fingerprint(model_dir)
-    picked, n_train = sample_stories(cfg.train, cfg.stories, cfg.seed)
+    from ..modeldir import load_model
+    from ..utils import resolve_device
+
+    model, tok = load_model(model_dir, device=resolve_device(cfg.device))
+    room = model.config.context - 8       # a prompt must leave the model room to write
+
+    def fits(story: str) -> bool:         # a token is at least ~2 characters: only long stories are encoded
+        prompt = cut_story(story, cfg.cut)[0]
+        return len(prompt) < 2 * room or len(tok.encode(prompt)) + 1 < room
+
+    picked, n_train = sample_stories(cfg.train, cfg.stories, cfg.seed, keep=fits)
     prompts, endings = zip(*(cut_story(s, cfg.cut) for s in picked))
-    completions = _complete(cfg, model_dir, list(prompts))
+    completions = _complete(cfg, model, tok, list(prompts))
 
     metrics = diversity_metrics(completions, list(endings))
     scan = CorpusScan(completions)
@@ -130,20 +140,16 @@ def diversity(cfg: DiversityConfig) -> dict:
     return report
 
 
-def _complete(cfg: DiversityConfig, model_dir: Path, prompts: list[str]) -> list[str]:
+def _complete(cfg: DiversityConfig, model, tok, prompts: list[str]) -> list[str]:
+    """One completion per prompt, each prompt with its own seed: rows of one batch would share a random
+    stream, which could make completions of different prompts alike and bias the very thing measured."""
     from ..generate import generate
-    from ..modeldir import load_model
-    from ..utils import resolve_device
 
-    model, tok = load_model(model_dir, device=resolve_device(cfg.device))
     out: list[str] = []
-    with progress(total=len(prompts), desc="generating", unit="story") as bar:
-        for b in range(0, len(prompts), cfg.batch_size):
-            batch = prompts[b:b + cfg.batch_size]
-            res = generate(model, tok, batch, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                           seed=cfg.seed + b)
-            out += [r[0].text.strip() for r in res]
-            bar.update(len(batch))
+    for i, prompt in enumerate(progress(prompts, desc="generating", unit="story")):
+        [[c]] = generate(model, tok, [prompt], max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                         seed=cfg.seed * 1_000_003 + i)
+        out.append(c.text.strip())
     return out
 
 

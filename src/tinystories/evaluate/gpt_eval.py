@@ -187,6 +187,12 @@ def complete_prompts(cfg: GptEvalConfig, model_dir: Path, weights: str, prompts:
         from ..utils import resolve_device
 
         model, tok = load_model(model_dir, device=resolve_device(cfg.device))
+        context = model.config.context
+        for i in missing:
+            n = len(tok.encode(prompts[i])) + 1          # + the leading end-of-text
+            if n >= context:
+                raise UserError(f"--prompts: prompt {i + 1} is {n} tokens but {model_dir}'s context is {context}; "
+                                "use a model with a longer context or shorter prompts")
         for i in progress(missing, desc="generating", unit="prompt"):
             seed = (cfg.seed * 1_000_003 + int(hashlib.sha256(prompts[i].encode()).hexdigest()[:8], 16)) % 2**31
             [samples] = generate(model, tok, [prompts[i]], max_new_tokens=cfg.max_new_tokens,

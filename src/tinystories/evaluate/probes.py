@@ -99,8 +99,8 @@ def run_probes(model_dir: str | Path, probes_file: str | None = None, *, max_new
     model_dir = check_model_dir(model_dir)
     probes = load_probes(probes_file)
     model, tok = load_model(model_dir, device=resolve_device(device))
-    # top_k=1 is greedy; batched, since every prompt wants the same handful of tokens
-    completions = generate(model, tok, [p.prompt for p in probes], max_new_tokens=max_new_tokens, top_k=1, seed=0)
+    # temperature 0 is greedy; batched, since every prompt wants the same handful of tokens
+    completions = generate(model, tok, [p.prompt for p in probes], max_new_tokens=max_new_tokens, temperature=0.0)
     results = []
     for p, [c] in zip(probes, completions):
         results.append({"category": p.category, "prompt": p.prompt, "completion": c.text,
