@@ -207,8 +207,8 @@ def test_client_map_limits_concurrency_and_keeps_order(server_factory):
     got = dict(client.map(job, range(10)))
     assert sorted(got) == list(range(10)) and peak[0] == 3
     assert got[7] == "The student's part is 7 characters long."
-    assert client.complete_many([[{"role": "user", "content": "<<<ab>>>"}]] * 2) == \
-        ["The student's part is 2 characters long."] * 2
+    assert client.complete_many([[{"role": "user", "content": "<<<ab>>>"}], "<<<abc>>>"]) == \
+        ["The student's part is 2 characters long.", "The student's part is 3 characters long."]
 
 
 # ------------------------------------------------------------------ grade parsing and template

@@ -6,7 +6,7 @@ works wherever Python does. Retries with exponential backoff on 429 (honouring R
 Whatever cannot be fixed by waiting becomes a one-line `UserError`.
 
     client = ChatClient("http://localhost:11434/v1", "llama3")       # key from $OPENAI_API_KEY, if set
-    text = client.complete([{"role": "user", "content": "Hi"}], temperature=0)
+    text = client.complete("Hi", temperature=0)                        # or a list of messages
     for i, text in client.map(client.complete, [[msg1], [msg2]]):      # concurrent, as they finish
         ...
 """
@@ -78,8 +78,13 @@ class ChatClient:
         self.requests_sent = 0      # HTTP requests made, retries included (for reports and tests)
 
     # ------------------------------------------------------------ one request
-    def complete(self, messages: list[Message], **params) -> str:
-        """The assistant's reply to `messages`. `params` (temperature, max_tokens, ...) go into the body."""
+    def complete(self, messages: list[Message] | str, **params) -> str:
+        """The assistant's reply to `messages` (a string is one user message).
+
+        `params` (temperature, max_tokens, ...) go into the request body, over `default_params`.
+        """
+        if isinstance(messages, str):
+            messages = [{"role": "user", "content": messages}]
         body = {"model": self.model, "messages": messages, **self.default_params, **params}
         data = json.dumps(body).encode("utf-8")
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
@@ -171,7 +176,7 @@ class ChatClient:
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def complete_many(self, conversations: list[list[Message]], **params) -> list[str]:
+    def complete_many(self, conversations: list[list[Message] | str], **params) -> list[str]:
         """Replies to many conversations, concurrently, in the order given."""
         out: list[str] = [""] * len(conversations)
         for i, text in self.map(lambda m: self.complete(m, **params), conversations):
