@@ -134,6 +134,10 @@ def plot(result: dict, path: Path) -> None:
         ax.set_xticks(range(len(ms)))
         ax.set_xticklabels([m["label"] for m in ms], rotation=30, ha="right", fontsize=8)
         ax.set_title(kind)
+        if kind in ("probes", "diversity"):      # shares
+            ax.set_ylim(0, 1)
+        elif kind == "gpt-eval":                 # grades out of 10
+            ax.set_ylim(0, 10)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
