@@ -34,6 +34,7 @@ class LossConfig:
 
 
 def is_data_dir(path: str | Path) -> bool:
+    """A folder with meta.json is a DATA_DIR from `prepare`."""
     p = Path(path)
     return p.is_dir() and (p / "meta.json").is_file()
 
@@ -51,11 +52,8 @@ def evaluate_loss(cfg: LossConfig) -> dict:
         raise UserError(f"--max-tokens must be positive, got {cfg.max_tokens}")
     model, tok = load_model(model_dir, device=resolve_device(cfg.device))
     context = model_config(model).context
-    if is_data_dir(cfg.data):
+    if is_data_dir(cfg.data):      # other folders are sources (a local Hugging Face dataset)
         chunks, total_bytes, total_tokens = _data_dir_stream(Path(cfg.data), cfg.split, model_dir)
-    elif Path(cfg.data).is_dir():
-        raise UserError(f"--data {cfg.data}: a directory without meta.json; give a DATA_DIR from `tinystories "
-                        "prepare` or a text file")
     else:
         chunks, total_bytes, total_tokens = _source_stream(cfg.data, tok), None, None
 
@@ -131,26 +129,22 @@ def _source_stream(source: str, tok, batch: int = 256) -> Iterator[tuple[np.ndar
 
 def _data_dir_stream(data_dir: Path, split: str, model_dir: Path):
     """Chunks of a prepared split, its byte count and token count (after checking the tokenizers match)."""
-    try:
-        meta = json.loads((data_dir / "meta.json").read_text())
-        info = meta["splits"][split]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise UserError(f"--data {data_dir}: meta.json has no '{split}' split; run `tinystories prepare` "
-                        "again, or pass --split") from None
-    path = data_dir / f"{split}.bin"
-    if not path.is_file():
-        raise UserError(f"--data {data_dir}: no {split}.bin")
+    from ..prepare import SPLITS, load_data_dir
+
+    if split not in SPLITS:
+        raise UserError(f"--split {split!r}: choose {' or '.join(SPLITS)}")
+    dd = load_data_dir(data_dir)
     if _vocab(data_dir) != _vocab(model_dir):
         raise UserError(f"--data {data_dir} was tokenized with a different tokenizer than {model_dir}; "
                         "pass the text source instead (e.g. the .txt file) to tokenize it with the model's")
-    tokens = np.memmap(path, dtype=np.uint16, mode="r")
+    tokens = getattr(dd, split)
 
     def chunks():
         step = 1 << 20
         for i in range(0, len(tokens), step):
             yield np.asarray(tokens[i:i + step], np.int64), 0
 
-    return chunks(), int(info["bytes"]), len(tokens)
+    return chunks(), int(dd.meta["splits"][split]["bytes"]), len(tokens)
 
 
 def _vocab(directory: Path):
