@@ -15,7 +15,7 @@ from ..errors import UserError
 
 # Order is the pipeline's order, which is also the order of `tinystories --help`:
 # prepare, presets, train, generate, evaluate, instruct, export.
-COMMANDS: list[str] = ["prepare", "presets", "train", "generate", "evaluate", "export"]
+COMMANDS: list[str] = ["prepare", "presets", "train", "generate", "evaluate", "instruct", "export"]
 
 
 def build_parser() -> argparse.ArgumentParser:
