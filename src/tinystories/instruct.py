@@ -587,3 +587,116 @@ def check_disjoint(eval_sets: Sequence[InstructRecord], training: Iterable[Instr
             if f" {s} " in text:
                 hit_s.add(i)
     return Overlap(sorted(hit_w), sorted(hit_s), sorted(hit_m), n)
+
+
+# ---------------------------------------------------------------- evaluating a model on instruction sets
+
+# How an exercise spells each feature out for the judge (the wording of the TinyStories generation prompts).
+FEATURE_TEXT = {
+    "Dialogue": "the story should contain at least one dialogue",
+    "BadEnding": "the story has a bad ending",
+    "MoralValue": "the story has a moral value",
+    "Twist": "something unexpected happens or there is a plot twist",
+    "Foreshadowing": "the narrative uses foreshadowing or setup and payoff",
+    "Conflict": "the story has some sort of conflict",
+}
+
+
+def exercise_text(instr: InstructRecord) -> str:
+    """The instructions as the paper's judge exercise (Figure 5): 'Write a short story. The story should ...'."""
+    parts = ["Write a short story."]
+    if instr.words:
+        parts.append(f"The story should contain the words: {', '.join(instr.words)}.")
+    if instr.sentence:
+        parts.append(f'The story should contain the following sentence: "{instr.sentence}".')
+    if instr.summary:
+        parts.append(f"The general plot of the story should be: {instr.summary} "
+                     "(feel free to expand beyond this general plot).")
+    if instr.features:
+        parts.append("The story has the following features: "
+                     + "; ".join(FEATURE_TEXT.get(f, f) for f in instr.features) + ".")
+    if instr.story.strip():
+        parts.append(f'The story should begin with: "{instr.story.strip()}".')
+    return " ".join(parts)
+
+
+@dataclass
+class InstructEvalConfig:
+    """How `evaluate_instructions` samples. `plain=True` prompts with the story start alone (no
+    instruction lines): the baseline for a model trained on plain stories."""
+
+    samples: int = 1
+    max_new_tokens: int = 300
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int = 0
+    plain: bool = False
+    batch_size: int = 16
+
+
+def eval_prompt(instr: InstructRecord, plain: bool = False) -> str:
+    """What the model is given for an instruction set: the instruction prompt, or with `plain` the
+    story start alone ('' = the model starts a story from the end-of-text token)."""
+    return instr.story.strip() if plain else format_prompt(instr)
+
+
+def _mean(xs: list[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
+def evaluate_instructions(model, tokenizer, sets: Sequence[InstructRecord], cfg: InstructEvalConfig = InstructEvalConfig(),
+                          judge: Callable[[InstructRecord, str], dict] | None = None) -> dict:
+    """Generate `cfg.samples` stories per instruction set and score them with `adherence` (and `judge`,
+    a function (instructions, story) -> {grade name: score}, when given).
+
+    Returns {"summary": {...means over all stories...}, "sets": [per set: prompt, instructions, stories,
+    scores]}. `word_share` is the headline: the share of required words used, over all stories.
+    """
+    from .generate import generate
+    from .utils import progress
+
+    prompts = [eval_prompt(s, cfg.plain) for s in sets]
+    completions = []
+    bar = progress(total=len(prompts) * cfg.samples, desc="instruct eval", unit="story")
+    for i in range(0, len(prompts), cfg.batch_size):
+        chunk = prompts[i:i + cfg.batch_size]
+        completions += generate(model, tokenizer, chunk, max_new_tokens=cfg.max_new_tokens,
+                                temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                                num_samples=cfg.samples, seed=cfg.seed + i)
+        bar.update(len(chunk) * cfg.samples)
+    bar.close()
+
+    rows, all_scores = [], []
+    for instr, prompt, outs in zip(sets, prompts, completions):
+        stories, scores = [], []
+        for c in outs:
+            story = (instr.story.strip() + c.text) if instr.story.strip() else c.text
+            story = story.strip()
+            s = adherence(instr, story).to_dict()
+            if judge is not None:
+                s["judge"] = judge(instr, story)
+            stories.append(story)
+            scores.append(s)
+        all_scores += scores
+        rows.append({"instructions": format_instructions(instr).strip(), "prompt": prompt,
+                     "stories": stories, "scores": scores})
+
+    def collect(key, cast=float):
+        return [cast(s[key]) for s in all_scores if s[key] is not None]
+
+    summary = {
+        "sets": len(sets), "stories": len(all_scores), "plain": cfg.plain,
+        "word_share": _mean(collect("word_share")),
+        "all_words_used": _mean([float(s["word_share"] == 1.0) for s in all_scores if s["word_share"] is not None]),
+        "sentence_present": _mean(collect("sentence_present")),
+        "feature_share": _mean(collect("feature_share")),
+    }
+    if judge is not None:
+        grades: dict[str, list[float]] = {}
+        for s in all_scores:
+            for k, v in (s.get("judge") or {}).items():
+                if isinstance(v, (int, float)):
+                    grades.setdefault(k, []).append(float(v))
+        summary["judge"] = {k: _mean(v) for k, v in grades.items()}
+    return {"summary": summary, "sets": rows}

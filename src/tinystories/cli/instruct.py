@@ -88,3 +88,99 @@ def _check(args: argparse.Namespace) -> int:
     print(f"{where}: {len(sets)} instruction sets, disjoint from {ov.checked} training records "
           "(no shared word set, sentence or summary)")
     return 0
+
+
+# ---------------------------------------------------------------- pieces other commands use
+
+def add_instruction_args(parser: argparse.ArgumentParser) -> None:
+    """`generate`'s instruction flags: with any of them the prompt is an Instruct prompt."""
+    g = parser.add_argument_group("TinyStories-Instruct (a model trained on `tinystories instruct build` records)")
+    g.add_argument("--words", default=None, help="words the story should use, comma-separated: dog,happy,run")
+    g.add_argument("--sentence", default=None, help="a sentence the story should contain")
+    g.add_argument("--features", default=None,
+                   help="comma-separated, from Dialogue, BadEnding, MoralValue, Twist, Foreshadowing, Conflict")
+    g.add_argument("--summary", default=None, help="a 1-2 line summary of the story")
+
+
+def instruction_prompt(args: argparse.Namespace, story_start: str = "") -> str | None:
+    """The Instruct prompt for `generate`'s flags (the story start after `Story:`), or None if none was given."""
+    from .. import instruct
+
+    if not any(getattr(args, k, None) for k in ("words", "sentence", "features", "summary")):
+        return None
+    words = [w.strip() for w in (args.words or "").split(",") if w.strip()]
+    if args.words is not None and not words:
+        raise UserError("--words: give words separated by commas, e.g. --words dog,happy,run")
+    features = [f for f in (args.features or "").split(",") if f.strip()]
+    for name, value in (("--sentence", args.sentence), ("--summary", args.summary)):
+        if value is not None and not value.strip():
+            raise UserError(f"{name}: is empty; give the text or leave the option out")
+        if value is not None and "\n" in value.strip() and name == "--sentence":
+            raise UserError(f"{name}: must be one line")
+    return instruct.format_prompt(words=words, sentence=(args.sentence or "").strip() or None,
+                                  features=features, summary=(args.summary or "").strip() or None,
+                                  story_start=story_start)
+
+
+def add_evaluate_parser(subparsers) -> None:
+    """`tinystories evaluate instruct MODEL_DIR`: adherence to instruction sets (and judge grades)."""
+    p = subparsers.add_parser(
+        "instruct", help="how well a model follows TinyStories-Instruct instructions",
+        description="For each instruction set, generate stories and report the share of required words used "
+                    "(inflections count), whether the required sentence appears, and whether detectable features "
+                    "(Dialogue, MoralValue) are present; with --judge-url, also the paper's consistency-with-"
+                    "instructions and plot grades.")
+    p.add_argument("model", metavar="MODEL_DIR", help="a model or run directory")
+    p.add_argument("--instructions", default=None, metavar="FILE",
+                   help="instruction sets in the record format (default: the packaged 50 sets)")
+    p.add_argument("--plain", action="store_true",
+                   help="prompt with the story start only, no instruction lines (the plain-model baseline)")
+    p.add_argument("--samples", type=int, default=1, help="stories per instruction set (default 1)")
+    p.add_argument("--max-new-tokens", type=int, default=300)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--judge-url", default=None, help="OpenAI-compatible endpoint of the judge model")
+    p.add_argument("--judge-model", default=None, help="the judge's model name")
+    p.add_argument("--out", default=None, metavar="FILE.json", help="write every story and score here")
+    p.set_defaults(func=_evaluate)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .. import instruct
+    from ..modeldir import load_model
+    from ..utils import atomic_write_json, resolve_device
+
+    if args.samples < 1:
+        raise UserError(f"--samples {args.samples}: must be at least 1")
+    if args.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens {args.max_new_tokens}: must be at least 1")
+    if (args.judge_url is None) != (args.judge_model is None):
+        raise UserError("--judge-url and --judge-model go together; give both or neither")
+    sets = instruct.load_instructions(args.instructions)
+    judge = instruct.make_judge(args.judge_url, args.judge_model) if args.judge_url else None
+    model, tokenizer = load_model(args.model, resolve_device(args.device))
+    cfg = instruct.InstructEvalConfig(samples=args.samples, max_new_tokens=args.max_new_tokens,
+                                      temperature=args.temperature, top_k=args.top_k, seed=args.seed,
+                                      plain=args.plain)
+    result = instruct.evaluate_instructions(model, tokenizer, sets, cfg, judge)
+    result["model"] = str(args.model)
+    result["instructions"] = args.instructions or "packaged:" + instruct.EVAL_SET_FILE
+    if args.out:
+        atomic_write_json(args.out, result)
+    s = result["summary"]
+
+    def pct(x):
+        return "n/a" if x is None else f"{100 * x:.1f}%"
+
+    mode = "plain prompts (story start only)" if args.plain else "instruction prompts"
+    print(f"{args.model}: {s['sets']} instruction sets x {args.samples} = {s['stories']} stories, {mode}")
+    print(f"  required words used      {pct(s['word_share'])}   (all three: {pct(s['all_words_used'])})")
+    print(f"  required sentence present {pct(s['sentence_present'])}")
+    print(f"  detectable features present {pct(s['feature_share'])}   (Dialogue, MoralValue)")
+    for k, v in (s.get("judge") or {}).items():
+        print(f"  judge {k:<20} {'n/a' if v is None else f'{v:.2f}'}")
+    if args.out:
+        print(f"  stories and scores: {args.out}")
+    return 0

@@ -1,0 +1,96 @@
+"""Instruct model vs plain model: does training on TinyStories-Instruct records make a model use the
+words it is asked to use?
+
+The sequence (each step is a `tinystories` command, printed as it runs, so it can be rerun by hand):
+
+  1. instruct build   the shared training stories -> instruct records (seeded random instruction subsets)
+  2. prepare          the records -> DATA_instruct; the same plain stories -> DATA_plain
+  3. train            one model of the same preset on each, for the same wall-clock time and seed
+  4. evaluate instruct
+       instruct model: prompt = the set's instruction lines + "Story:"
+       plain model:    prompt = the story start alone (--plain). Our 50 sets carry no story start, so the
+                       plain model starts from the end-of-text token, exactly where every training story
+                       starts; both models write the story from its first word.
+     Both are scored against the same 50 instruction sets, same samples, temperature and seed.
+
+Prints the share of required words used (inflections count) for both, plus sentence and feature rates.
+Long: run it when the machine is otherwise idle (e.g. `--max-time 30m` per model on 2 CPU cores).
+
+    python benchmarks/instruct_compare.py --preset 3M --max-time 30m --work runs/instruct-compare
+    python benchmarks/instruct_compare.py --smoke        # a minutes-long check that the sequence runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("TINYSTORIES_SHARED_DATA", REPO.parent / "shared" / "data" / "tinystories"))
+TRAIN = ["TinyStories-train-head.txt", "TinyStoriesV2-GPT4-train-head.txt", "tinystories-sample-3000.json"]
+VALID = "TinyStories-subset-valid.txt"
+
+
+def run(*args: str) -> None:
+    cmd = [sys.executable, "-m", "tinystories", *map(str, args)]
+    print("$ tinystories " + " ".join(shlex.quote(str(a)) for a in args), flush=True)
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    subprocess.run(cmd, check=True, env=env)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preset", default="3M", help="model preset for both models (default 3M)")
+    ap.add_argument("--max-time", default="30m", help="training time for each model (default 30m)")
+    ap.add_argument("--samples", type=int, default=2, help="stories per instruction set (default 2)")
+    ap.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary for both data dirs")
+    ap.add_argument("--work", default="runs/instruct-compare", help="where data, runs and results go")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--smoke", action="store_true", help="tiny settings: check the sequence in minutes")
+    args = ap.parse_args()
+    if args.smoke:
+        args.preset, args.max_time, args.samples, args.vocab_size = "1M", "60s", 1, 1024
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    train = [str(SHARED / f) for f in TRAIN]
+    valid = str(SHARED / VALID)
+    records = work / "instruct-train.txt"
+    if not records.exists():
+        run("instruct", "build", *train, "--out", records, "--seed", args.seed)
+        run("instruct", "check", "--against", records, *train)  # the 50 eval sets vs the training records
+    for name, sources in (("instruct", [records]), ("plain", train)):
+        data = work / f"data-{name}"
+        if not data.exists():
+            run("prepare", *sources, "--out", data, "--vocab-size", args.vocab_size, "--val", valid)
+        run_dir = work / f"run-{name}"
+        if not run_dir.exists():
+            run("train", "--data", data, "--preset", args.preset, "--max-time", args.max_time,
+                "--seed", args.seed, "--out", run_dir)
+    results = {}
+    for name in ("instruct", "plain"):
+        out = work / f"eval-{name}.json"
+        run("evaluate", "instruct", work / f"run-{name}", "--samples", args.samples, "--seed", args.seed,
+            "--out", out, *(["--plain"] if name == "plain" else []))
+        results[name] = json.loads(out.read_text())["summary"]
+
+    def pct(x):
+        return "  n/a" if x is None else f"{100 * x:5.1f}%"
+
+    print(f"\n{args.preset}, {args.max_time} of training each, 50 instruction sets x {args.samples} stories")
+    print(f"{'model':<10} {'words used':>10} {'all 3 used':>10} {'sentence':>9} {'features':>9}")
+    for name, s in results.items():
+        print(f"{name:<10} {pct(s['word_share']):>10} {pct(s['all_words_used']):>10} "
+              f"{pct(s['sentence_present']):>9} {pct(s['feature_share']):>9}")
+    (work / "compare.json").write_text(json.dumps({"preset": args.preset, "max_time": args.max_time,
+                                                   "samples": args.samples, "results": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
