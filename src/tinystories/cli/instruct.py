@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import sys
+import os
 
 from ..errors import UserError
 
@@ -124,63 +124,64 @@ def instruction_prompt(args: argparse.Namespace, story_start: str = "") -> str |
 
 def add_evaluate_parser(subparsers) -> None:
     """`tinystories evaluate instruct MODEL_DIR`: adherence to instruction sets (and judge grades)."""
-    p = subparsers.add_parser(
-        "instruct", help="how well a model follows TinyStories-Instruct instructions",
-        description="For each instruction set, generate stories and report the share of required words used "
-                    "(inflections count), whether the required sentence appears, and whether detectable features "
-                    "(Dialogue, MoralValue) are present; with --judge-url, also the paper's consistency-with-"
-                    "instructions and plot grades.")
-    p.add_argument("model", metavar="MODEL_DIR", help="a model or run directory")
-    p.add_argument("--instructions", default=None, metavar="FILE",
-                   help="instruction sets in the record format (default: the packaged 50 sets)")
-    p.add_argument("--plain", action="store_true",
-                   help="prompt with the story start only, no instruction lines (the plain-model baseline)")
-    p.add_argument("--samples", type=int, default=1, help="stories per instruction set (default 1)")
-    p.add_argument("--max-new-tokens", type=int, default=300)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--judge-url", default=None, help="OpenAI-compatible endpoint of the judge model")
-    p.add_argument("--judge-model", default=None, help="the judge's model name")
-    p.add_argument("--out", default=None, metavar="FILE.json", help="write every story and score here")
-    p.set_defaults(func=_evaluate)
+    q = subparsers.add_parser(
+        "instruct", help="instruction following: required words, sentence, features (+ judge grades)",
+        description="For each instruction set, write stories and report the share of required words used "
+                    "(inflections count), whether the required sentence appears, and whether the detectable "
+                    "features (Dialogue, MoralValue) are present; with --judge-model, also the paper's grades "
+                    "(grammar, creativity, consistency with the instructions, plot). Reports go to "
+                    "MODEL_DIR/eval/instruct.json and .md (or --out).")
+    q.add_argument("model_dir", metavar="MODEL_DIR", help="run or model directory")
+    q.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
+    q.add_argument("--out", default=None, metavar="DIR", help="report directory (default MODEL_DIR/eval)")
+    q.add_argument("--instructions", default=None, metavar="FILE",
+                   help="instruction sets in the record format, `Story:` optional (default: the packaged 50)")
+    q.add_argument("--plain", action="store_true",
+                   help="prompt with each set's story start only, no instruction lines (the plain-model baseline)")
+    q.add_argument("--samples", type=int, default=10, help="stories per instruction set (default 10)")
+    q.add_argument("--temperature", type=float, default=1.0)
+    q.add_argument("--top-k", type=int, default=None)
+    q.add_argument("--max-new-tokens", type=int, default=300)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N instruction sets")
+    q.add_argument("--judge-model", default=None,
+                   help="judge model name; without it, only the adherence metrics are computed")
+    q.add_argument("--judge-url", default=None,
+                   help="OpenAI-compatible API root (default $TINYSTORIES_JUDGE_URL or OpenAI)")
+    q.add_argument("--judge-key-env", default="OPENAI_API_KEY", metavar="VAR",
+                   help="environment variable holding the API key (default OPENAI_API_KEY; unset = no key)")
+    q.add_argument("--template", default=None, metavar="FILE",
+                   help="judge conversation template (default: tinystories/resources/instruct_judge.yaml)")
+    q.add_argument("--concurrency", type=int, default=8, help="judge requests in flight (default 8)")
+    q.add_argument("--timeout", type=float, default=60.0, help="seconds per judge request (default 60)")
+    q.add_argument("--retries", type=int, default=5, help="retries per judge request (default 5)")
+    q.add_argument("--cache", default=None, metavar="FILE",
+                   help="judgment cache (default ~/.cache/tinystories/instruct-eval.jsonl, or $TINYSTORIES_CACHE)")
+    q.add_argument("--no-cache", action="store_true", help="do not read or write the judgment cache")
+    q.set_defaults(func=_evaluate)
 
 
-def _evaluate(args: argparse.Namespace) -> int:
-    from .. import instruct
-    from ..modeldir import load_model
-    from ..utils import atomic_write_json, resolve_device
+def _evaluate(a: argparse.Namespace) -> int:
+    from ..evaluate.common import fmt
+    from ..evaluate.instruct import LABELS, InstructEvalConfig, evaluate_instruct
 
-    if args.samples < 1:
-        raise UserError(f"--samples {args.samples}: must be at least 1")
-    if args.max_new_tokens < 1:
-        raise UserError(f"--max-new-tokens {args.max_new_tokens}: must be at least 1")
-    if (args.judge_url is None) != (args.judge_model is None):
-        raise UserError("--judge-url and --judge-model go together; give both or neither")
-    sets = instruct.load_instructions(args.instructions)
-    judge = instruct.make_judge(args.judge_url, args.judge_model) if args.judge_url else None
-    model, tokenizer = load_model(args.model, resolve_device(args.device))
-    cfg = instruct.InstructEvalConfig(samples=args.samples, max_new_tokens=args.max_new_tokens,
-                                      temperature=args.temperature, top_k=args.top_k, seed=args.seed,
-                                      plain=args.plain)
-    result = instruct.evaluate_instructions(model, tokenizer, sets, cfg, judge)
-    result["model"] = str(args.model)
-    result["instructions"] = args.instructions or "packaged:" + instruct.EVAL_SET_FILE
-    if args.out:
-        atomic_write_json(args.out, result)
-    s = result["summary"]
-
-    def pct(x):
-        return "n/a" if x is None else f"{100 * x:.1f}%"
-
-    mode = "plain prompts (story start only)" if args.plain else "instruction prompts"
-    print(f"{args.model}: {s['sets']} instruction sets x {args.samples} = {s['stories']} stories, {mode}")
-    print(f"  required words used      {pct(s['word_share'])}   (all three: {pct(s['all_words_used'])})")
-    print(f"  required sentence present {pct(s['sentence_present'])}")
-    print(f"  detectable features present {pct(s['feature_share'])}   (Dialogue, MoralValue)")
-    for k, v in (s.get("judge") or {}).items():
-        print(f"  judge {k:<20} {'n/a' if v is None else f'{v:.2f}'}")
-    if args.out:
-        print(f"  stories and scores: {args.out}")
+    if a.judge_url and not a.judge_model:
+        raise UserError("--judge-url needs --judge-model (the model to ask for)")
+    a.judge_url = a.judge_url or os.environ.get("TINYSTORIES_JUDGE_URL", "https://api.openai.com/v1")
+    r = evaluate_instruct(InstructEvalConfig(
+        a.model_dir, instructions=a.instructions, plain=a.plain, samples=a.samples, temperature=a.temperature,
+        top_k=a.top_k, max_new_tokens=a.max_new_tokens, seed=a.seed, limit=a.limit, judge_model=a.judge_model,
+        judge_url=a.judge_url, api_key_env=a.judge_key_env, template=a.template, concurrency=a.concurrency,
+        timeout=a.timeout, max_retries=a.retries, cache="" if a.no_cache else a.cache, out=a.out,
+        device=a.device))
+    st = r["settings"]
+    mode = "story start only (--plain)" if st["plain"] else "instruction prompts"
+    print(f"{len(r['sets'])} instruction sets x {st['samples']} stories, {mode}")
+    for k, v in r["summary"].items():
+        if isinstance(v, dict):
+            lo, hi = v["ci95"]
+            ci = "" if lo is None else f"  (95% {lo:.3f}-{hi:.3f})"
+            print(f"{LABELS.get(k, k.replace('judge_', 'judge: ')):<30} {fmt(v['mean'], 3)}{ci}")
+    if "judge_unparseable" in r["summary"]:
+        print(f"judge: {r['summary']['judge_unparseable']} unparseable")
     return 0
