@@ -1,0 +1,303 @@
+"""TinyStories-Instruct end to end: `instruct build/check`, the summarizer and the judge against a real
+chat-completions server on 127.0.0.1, `generate` with instruction flags, `evaluate instruct`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from conftest import TRAIN_TXT, TRAIN_V2_TXT, assert_one_line_error, run_cli
+from tinystories import instruct as ti
+from tinystories.evaluate.instruct import InstructEvalConfig, evaluate_instruct
+from tinystories.instruct import InstructRecord
+
+
+def read_stories(path, n):
+    return ti.split_records(path.read_text(encoding="utf-8"))[:n]
+
+
+# ---------------------------------------------------------------- a chat-completions server
+
+class ChatServer(ThreadingHTTPServer):
+    """POST /v1/chat/completions answered by `reply(messages) -> str`; every request body is kept."""
+
+    daemon_threads = True
+
+    def __init__(self, reply):
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.reply, self.requests, self.lock = reply, [], threading.Lock()
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+    def close(self):
+        self.shutdown()
+        self.server_close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def log_message(self, *a):
+        pass
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        with self.server.lock:
+            self.server.requests.append(body)
+        if self.path != "/v1/chat/completions":
+            self.send_response(404)
+            self.end_headers()
+            return
+        content = self.server.reply(body["messages"])
+        data = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def summary_for(story: str) -> str:
+    words = ti.word_tokens(story)
+    return f"A story of {len(words)} words that starts with {words[0]}."
+
+
+def summarizer_reply(messages):
+    prompt = messages[-1]["content"]
+    return "  " + summary_for(prompt.split("Story:\n", 1)[1]) + "\n"
+
+
+@pytest.fixture
+def server_factory():
+    servers = []
+
+    def make(reply):
+        s = ChatServer(reply)
+        servers.append(s)
+        return s
+
+    yield make
+    for s in servers:
+        s.close()
+
+
+# ---------------------------------------------------------------- summaries
+
+def test_summarizer_against_a_local_server(server_factory):
+    server = server_factory(summarizer_reply)
+    stories = read_stories(TRAIN_TXT, 12)
+    summarize = ti.make_summarizer(server.url, "tiny-summarizer")
+    recs = list(ti.build_records(stories, ti.BuildConfig(seed=0), summarize))
+    with_summary = [(s, r) for s, r in zip(stories, recs) if r.summary]
+    assert 2 <= len(with_summary) < 12
+    assert len(server.requests) == len(with_summary)         # asked only for the summaries drawn
+    for story, r in with_summary:
+        assert r.summary == summary_for(story)              # the server's answer, whitespace tidied
+    assert all(req["model"] == "tiny-summarizer" for req in server.requests)
+    assert server.requests[0]["messages"][0]["content"].startswith("Summarize the following children's story")
+
+
+def test_cli_build_with_summarizer_and_check(server_factory, tmp_path):
+    server = server_factory(summarizer_reply)
+    out = tmp_path / "instruct.txt"
+    proc = run_cli("instruct", "build", TRAIN_TXT, "--out", out, "--limit", 30, "--seed", 2,
+                   "--summarizer-url", server.url, "--summarizer-model", "m", check=True)
+    assert "wrote 30 instruct records" in proc.stdout
+    recs = ti.read_records(out)
+    stories = read_stories(TRAIN_TXT, 30)
+    assert [r.story for r in recs] == [s.strip() for s in stories]
+    assert sum(bool(r.summary) for r in recs) == len(server.requests) > 0
+    assert all(r.summary == summary_for(r.story) for r in recs if r.summary)
+    # same seed, same records (without a summarizer the other fields are drawn the same way)
+    again = tmp_path / "again.txt"
+    run_cli("instruct", "build", TRAIN_TXT, "--out", again, "--limit", 30, "--seed", 2,
+            "--summarizer-url", server.url, "--summarizer-model", "m", check=True)
+    assert again.read_text() == out.read_text()
+    # the packaged evaluation set is disjoint from these records and from the V2 stories
+    proc = run_cli("instruct", "check", "--against", out, TRAIN_V2_TXT, check=True)
+    assert "50 instruction sets, disjoint from" in proc.stdout
+    # an evaluation set that copies a training record is caught
+    leaky = tmp_path / "leaky.txt"
+    r = next(r for r in recs if r.words)
+    leaky.write_text(ti.format_instructions(r.instructions()) + "<|endoftext|>\n")
+    assert_one_line_error(run_cli("instruct", "check", leaky, "--against", out), "overlaps the training data",
+                          "word set of set(s) 1")
+
+
+def test_cli_instruct_bad_input(tmp_path):
+    out = tmp_path / "o.txt"
+    out.write_text("x")
+    assert_one_line_error(run_cli("instruct", "build", tmp_path / "missing.txt", "--out", tmp_path / "n.txt"),
+                          "missing.txt")
+    assert_one_line_error(run_cli("instruct", "build", TRAIN_TXT, "--out", out, "--limit", 2),
+                          "already exists", "--force")
+    assert_one_line_error(run_cli("instruct", "build", TRAIN_TXT, "--out", tmp_path / "n.txt", "--limit", 0),
+                          "--limit")
+    assert_one_line_error(run_cli("instruct", "build", TRAIN_TXT, "--out", tmp_path / "n.txt",
+                                  "--summarizer-url", "http://127.0.0.1:9/v1"), "--summarizer-model")
+    bad = tmp_path / "bad.txt"
+    bad.write_text("Words: dog, cat\n<|endoftext|>\nOnce upon a time\n<|endoftext|>\n")
+    assert_one_line_error(run_cli("instruct", "check", bad, "--against", TRAIN_TXT), "bad.txt: record 2",
+                          "not a field")
+    assert_one_line_error(run_cli("instruct", "check", tmp_path / "nope.txt", "--against", TRAIN_TXT),
+                          "nope.txt", "no such")
+    assert not (tmp_path / "n.txt").exists()
+
+
+# ---------------------------------------------------------------- a model trained on records
+
+@pytest.fixture(scope="module")
+def instruct_model(tmp_path_factory):
+    """A 2-layer model trained for a few seconds on instruct records built from real stories."""
+    import torch
+
+    from tinystories.config import ModelConfig
+    from tinystories.model import GPTNeo
+    from tinystories.modeldir import save_model
+    from tinystories.tokenizer import train_bpe
+
+    docs = [ti.format_record(r) for r in ti.build_records(read_stories(TRAIN_TXT, 300))]
+    tok = train_bpe(docs, vocab_size=512)
+    torch.manual_seed(0)
+    model = GPTNeo(ModelConfig(vocab_size=tok.vocab_size, context=256, hidden=32, layers=2, heads=2, window=32))
+    ids = torch.tensor([t for enc in tok.encode_batch(docs) for t in [tok.eot_id] + enc])
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(40):
+        starts = torch.randint(0, len(ids) - 65, (8,), generator=g)
+        batch = torch.stack([ids[s:s + 65] for s in starts])
+        loss = model(batch[:, :-1], targets=batch[:, 1:])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    d = tmp_path_factory.mktemp("instruct") / "model"
+    save_model(d, model, tok)
+    return d
+
+
+def test_generate_builds_the_instruction_prompt(instruct_model):
+    proc = run_cli("generate", instruct_model, "--words", "dog, happy,run", "--features", "dialogue,Twist",
+                   "--sentence", "The dog barked.", "--summary", "A dog finds a bone.", "--max-new-tokens", 12,
+                   "--seed", 1, "--no-stream", check=True)
+    expected = ti.format_prompt(words=["dog", "happy", "run"], features=["Dialogue", "Twist"],
+                                sentence="The dog barked.", summary="A dog finds a bone.")
+    assert proc.stdout.startswith(expected)
+    assert len(proc.stdout) > len(expected)
+    # a PROMPT with instruction flags is the story's start, after `Story:`
+    proc = run_cli("generate", instruct_model, "Once upon a time", "--words", "cat", "--max-new-tokens", 5,
+                   "--seed", 1, "--no-stream", check=True)
+    assert proc.stdout.startswith("Words: cat\nStory: Once upon a time")
+
+
+def test_generate_instruction_flags_bad_input(instruct_model):
+    assert_one_line_error(run_cli("generate", instruct_model, "--features", "Dialogue,Sparkles"),
+                          "--features", "Sparkles", "Dialogue, BadEnding")
+    assert_one_line_error(run_cli("generate", instruct_model, "--words", " , "), "--words")
+    assert_one_line_error(run_cli("generate", instruct_model, "--sentence", "  "), "--sentence")
+
+
+SETS = """\
+Words: dog, happy, run
+Features: Dialogue, Twist
+<|endoftext|>
+Sentence: The cat sat on the mat.
+Words: cat, sit, soft
+Story: Once upon a time, there was a cat.
+<|endoftext|>
+Summary: A girl finds a red ball in the park.
+Features: MoralValue
+<|endoftext|>
+"""
+
+
+def test_evaluate_instruct_scores_what_it_wrote(instruct_model, tmp_path):
+    sets_file = tmp_path / "sets.txt"
+    sets_file.write_text(SETS)
+    sets = ti.load_instructions(sets_file)
+    out = tmp_path / "rep"
+    proc = run_cli("evaluate", "instruct", instruct_model, "--instructions", sets_file, "--samples", 2,
+                   "--max-new-tokens", 40, "--out", out, check=True)
+    assert "required words used" in proc.stdout
+    report = json.loads((out / "instruct.json").read_text())
+    assert report["kind"] == "instruct" and (out / "instruct.md").is_file()
+    assert [row["prompt"] for row in report["sets"]] == [ti.format_prompt(s) for s in sets]
+    assert report["sets"][1]["prompt"].endswith("Story: Once upon a time, there was a cat.")
+    shares = []
+    for s, row in zip(sets, report["sets"]):
+        assert len(row["stories"]) == 2
+        for st in row["stories"]:
+            again = ti.adherence(s, st["text"]).to_dict()
+            assert {k: st[k] for k in again} == again      # the stored scores are those of the stored story
+            if st["word_share"] is not None:
+                shares.append(st["word_share"])
+    assert report["sets"][1]["stories"][0]["text"].startswith("Once upon a time, there was a cat.")
+    assert report["summary"]["word_share"]["mean"] == pytest.approx(sum(shares) / len(shares))
+    assert report["summary"]["word_share"]["n"] == 4 and report["summary"]["feature_share"]["n"] == 4
+
+    # the plain baseline: the same sets, prompted with the story start only
+    plain = evaluate_instruct(InstructEvalConfig(str(instruct_model), instructions=str(sets_file), samples=1,
+                                                 max_new_tokens=20, plain=True, out=str(out)))
+    assert json.loads((out / "instruct.json").read_text()) == plain
+    assert [row["prompt"] for row in plain["sets"]] == ["", "Once upon a time, there was a cat.", ""]
+    assert plain["settings"]["plain"] is True
+    # the compare command reads instruct reports
+    proc = run_cli("evaluate", "compare", out, "--plot", tmp_path / "c.png", check=True)
+    assert "instruct: word share" in proc.stdout
+
+
+GRADE_RE = re.compile(r"This is the story the student wrote:\n\n(.*?)\n\nFirst, give", re.S)
+
+
+def grades_for(story: str) -> dict:
+    h = int(hashlib.sha256(story.encode()).hexdigest(), 16)
+    return {c: float(1 + (h >> (8 * i)) % 10) for i, c in enumerate(["grammar", "creativity", "consistency", "plot"])}
+
+
+def judge_reply(messages):
+    if len(messages) == 1:
+        return "The story is short but it tries."
+    story = GRADE_RE.search(messages[0]["content"]).group(1)
+    g = grades_for(story)
+    return (f"Grammar: {g['grammar']:g}/10, Creativity: {g['creativity']:g}/10, "
+            f"Consistency: {g['consistency']:g}/10, Plot: {g['plot']:g}/10, Age group: B")
+
+
+def test_evaluate_instruct_with_a_judge(instruct_model, tmp_path, server_factory):
+    server = server_factory(judge_reply)
+    out = tmp_path / "rep"
+    report = evaluate_instruct(InstructEvalConfig(str(instruct_model), limit=2, samples=2, max_new_tokens=30,
+                                                  judge_url=server.url, judge_model="judge-1", cache="",
+                                                  out=str(out)))
+    sets = ti.load_instructions()[:2]
+    stories = [st for row in report["sets"] for st in row["stories"]]
+    assert len(stories) == 4 and len(server.requests) == 8       # two turns per story
+    for st in stories:
+        assert st["judged"] and st["grades"] == grades_for(st["text"].strip())
+    first_turns = [r["messages"][0]["content"] for r in server.requests if len(r["messages"]) == 1]
+    for s in sets:
+        assert sum(ti.exercise_text(s) in t for t in first_turns) == 2
+    assert "The story should contain the words: jump, puddle, muddy." in ti.exercise_text(sets[0])
+    means = report["summary"]["judge_consistency"]["mean"]
+    assert means == pytest.approx(sum(st["grades"]["consistency"] for st in stories) / 4)
+    assert report["judge"]["model"] == "judge-1" and report["summary"]["judge_unparseable"] == 0
+
+
+def test_evaluate_instruct_bad_input(instruct_model, tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_text("Words: dog\nWords: cat\n<|endoftext|>\n")
+    assert_one_line_error(run_cli("evaluate", "instruct", instruct_model, "--instructions", bad),
+                          "bad.txt: record 1", "appears twice")
+    assert_one_line_error(run_cli("evaluate", "instruct", instruct_model, "--instructions", tmp_path / "no.txt"),
+                          "no.txt", "no such instruction file")
+    assert_one_line_error(run_cli("evaluate", "instruct", tmp_path / "nomodel"), "nomodel")
+    assert_one_line_error(run_cli("evaluate", "instruct", instruct_model, "--samples", 0), "--samples")
+    assert_one_line_error(run_cli("evaluate", "instruct", instruct_model, "--judge-url", "http://127.0.0.1:9/v1"),
+                          "--judge-model")
