@@ -5,7 +5,8 @@ The sequence (each step is a `tinystories` command, printed as it runs, so it ca
 
   1. instruct build   the shared training stories -> instruct records (seeded random instruction subsets)
   2. prepare          the records -> DATA_instruct; the same plain stories -> DATA_plain
-  3. train            one model of the same preset on each, for the same wall-clock time and seed
+  3. train            one model of the same preset on each, for the same number of steps (same batch,
+                      so the same number of tokens) and seed
   4. evaluate instruct
        instruct model: prompt = the set's instruction lines + "Story:"
        plain model:    prompt = the story start alone (--plain). Our 50 sets carry no story start, so the
@@ -14,9 +15,10 @@ The sequence (each step is a `tinystories` command, printed as it runs, so it ca
      Both are scored against the same 50 instruction sets, same samples, temperature and seed.
 
 Prints the share of required words used (inflections count) for both, plus sentence and feature rates.
-Long: run it when the machine is otherwise idle (e.g. `--max-time 30m` per model on 2 CPU cores).
+Long: run it when the machine is otherwise idle (the default 1500 steps of the 3M preset take roughly half an
+hour per model on 2 CPU cores).
 
-    python benchmarks/instruct_compare.py --preset 3M --max-time 30m --work runs/instruct-compare
+    python benchmarks/instruct_compare.py --preset 3M --max-steps 1500 --work runs/instruct-compare
     python benchmarks/instruct_compare.py --smoke        # a minutes-long check that the sequence runs
 """
 
@@ -46,7 +48,7 @@ def run(*args: str) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", default="3M", help="model preset for both models (default 3M)")
-    ap.add_argument("--max-time", default="30m", help="training time for each model (default 30m)")
+    ap.add_argument("--max-steps", type=int, default=1500, help="training steps for each model (default 1500)")
     ap.add_argument("--samples", type=int, default=2, help="stories per instruction set (default 2)")
     ap.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary for both data dirs")
     ap.add_argument("--work", default="runs/instruct-compare", help="where data, runs and results go")
@@ -54,7 +56,7 @@ def main() -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny settings: check the sequence in minutes")
     args = ap.parse_args()
     if args.smoke:
-        args.preset, args.max_time, args.samples, args.vocab_size = "1M", "60s", 1, 1024
+        args.preset, args.max_steps, args.samples, args.vocab_size = "1M", 30, 1, 1024
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -70,24 +72,27 @@ def main() -> int:
             run("prepare", *sources, "--out", data, "--vocab-size", args.vocab_size, "--val", valid)
         run_dir = work / f"run-{name}"
         if not run_dir.exists():
-            run("train", "--data", data, "--preset", args.preset, "--max-time", args.max_time,
-                "--seed", args.seed, "--out", run_dir)
+            run("train", "--data", data, "--preset", args.preset, "--max-steps", args.max_steps,
+                "--set", f"seed={args.seed}", "--out", run_dir)
     results = {}
     for name in ("instruct", "plain"):
-        out = work / f"eval-{name}.json"
+        out = work / f"eval-{name}"
         run("evaluate", "instruct", work / f"run-{name}", "--samples", args.samples, "--seed", args.seed,
             "--out", out, *(["--plain"] if name == "plain" else []))
-        results[name] = json.loads(out.read_text())["summary"]
+        results[name] = {k: v for k, v in json.loads((out / "instruct.json").read_text())["summary"].items()
+                         if isinstance(v, dict)}
 
-    def pct(x):
-        return "  n/a" if x is None else f"{100 * x:5.1f}%"
+    def pct(v):
+        return "  n/a" if v["mean"] is None else f"{100 * v['mean']:5.1f}%"
 
-    print(f"\n{args.preset}, {args.max_time} of training each, 50 instruction sets x {args.samples} stories")
-    print(f"{'model':<10} {'words used':>10} {'all 3 used':>10} {'sentence':>9} {'features':>9}")
+    print(f"\n{args.preset}, {args.max_steps} training steps each, 50 instruction sets x {args.samples} stories")
+    print(f"{'model':<10} {'words used':>10} {'95% interval':>14} {'all 3 used':>10} {'sentence':>9} {'features':>9}")
     for name, s in results.items():
-        print(f"{name:<10} {pct(s['word_share']):>10} {pct(s['all_words_used']):>10} "
+        lo, hi = s["word_share"]["ci95"]
+        ci = f"{100 * lo:.1f}-{100 * hi:.1f}%" if lo is not None else "n/a"
+        print(f"{name:<10} {pct(s['word_share']):>10} {ci:>14} {pct(s['all_words_used']):>10} "
               f"{pct(s['sentence_present']):>9} {pct(s['feature_share']):>9}")
-    (work / "compare.json").write_text(json.dumps({"preset": args.preset, "max_time": args.max_time,
+    (work / "compare.json").write_text(json.dumps({"preset": args.preset, "max_steps": args.max_steps,
                                                    "samples": args.samples, "results": results}, indent=2))
     return 0
 
