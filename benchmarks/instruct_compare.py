@@ -4,7 +4,8 @@ words it is asked to use?
 The sequence (each step is a `tinystories` command, printed as it runs, so it can be rerun by hand):
 
   1. instruct build   the shared training stories -> instruct records (seeded random instruction subsets)
-  2. prepare          the records -> DATA_instruct; the same plain stories -> DATA_plain
+  2. prepare          the records -> DATA_instruct; the same plain stories -> DATA_plain (validation: the
+                      shared valid stories, as records for the instruct model, plain for the plain one)
   3. train            one model of the same preset on each, for the same number of steps (same batch,
                       so the same number of tokens) and seed
   4. evaluate instruct
@@ -62,14 +63,16 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     train = [str(SHARED / f) for f in TRAIN]
     valid = str(SHARED / VALID)
-    records = work / "instruct-train.txt"
+    records, val_records = work / "instruct-train.txt", work / "instruct-val.txt"
     if not records.exists():
         run("instruct", "build", *train, "--out", records, "--seed", args.seed)
         run("instruct", "check", "--against", records, *train)  # the 50 eval sets vs the training records
-    for name, sources in (("instruct", [records]), ("plain", train)):
+    if not val_records.exists():
+        run("instruct", "build", valid, "--out", val_records, "--seed", args.seed + 1)
+    for name, sources, val in (("instruct", [records], val_records), ("plain", train, valid)):
         data = work / f"data-{name}"
         if not data.exists():
-            run("prepare", *sources, "--out", data, "--vocab-size", args.vocab_size, "--val", valid)
+            run("prepare", *sources, "--out", data, "--vocab-size", args.vocab_size, "--val", val)
         run_dir = work / f"run-{name}"
         if not run_dir.exists():
             run("train", "--data", data, "--preset", args.preset, "--max-steps", args.max_steps,

@@ -13,7 +13,6 @@ import pytest
 
 from conftest import TRAIN_TXT, TRAIN_V2_TXT, assert_one_line_error, run_cli
 from tinystories import instruct as ti
-from tinystories.evaluate.instruct import InstructEvalConfig, evaluate_instruct
 from tinystories.instruct import InstructRecord
 
 
@@ -114,7 +113,20 @@ def test_cli_build_with_summarizer_and_check(server_factory, tmp_path):
     assert [r.story for r in recs] == [s.strip() for s in stories]
     assert sum(bool(r.summary) for r in recs) == len(server.requests) > 0
     assert all(r.summary == summary_for(r.story) for r in recs if r.summary)
-    # same seed, same records (without a summarizer the other fields are drawn the same way)
+    # `prepare` reads the file as 30 documents, each record (instructions and story) whole
+    import numpy as np
+
+    from tinystories.prepare import prepare
+    from tinystories.tokenizer import Tokenizer
+
+    meta = prepare([out], tmp_path / "data", vocab_size=400, val_fraction=0.2)
+    assert meta["splits"]["train"]["stories"] + meta["splits"]["val"]["stories"] == 30
+    tok = Tokenizer.load(tmp_path / "data")
+    ids = np.fromfile(tmp_path / "data" / "train.bin", dtype=np.uint16).tolist()
+    docs = tok.decode(ids).split("<|endoftext|>")
+    train_docs = {ti.format_record(r) for r in recs}
+    assert all(d.strip() in train_docs for d in docs if d.strip())
+    # same seed, same records
     again = tmp_path / "again.txt"
     run_cli("instruct", "build", TRAIN_TXT, "--out", again, "--limit", 30, "--seed", 2,
             "--summarizer-url", server.url, "--summarizer-model", "m", check=True)
@@ -219,6 +231,8 @@ Features: MoralValue
 
 
 def test_evaluate_instruct_scores_what_it_wrote(instruct_model, tmp_path):
+    from tinystories.evaluate.instruct import InstructEvalConfig, evaluate_instruct
+
     sets_file = tmp_path / "sets.txt"
     sets_file.write_text(SETS)
     sets = ti.load_instructions(sets_file)
@@ -271,6 +285,8 @@ def judge_reply(messages):
 
 
 def test_evaluate_instruct_with_a_judge(instruct_model, tmp_path, server_factory):
+    from tinystories.evaluate.instruct import InstructEvalConfig, evaluate_instruct
+
     server = server_factory(judge_reply)
     out = tmp_path / "rep"
     report = evaluate_instruct(InstructEvalConfig(str(instruct_model), limit=2, samples=2, max_new_tokens=30,
