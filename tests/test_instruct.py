@@ -149,6 +149,7 @@ def test_part_of_speech_from_the_lexicon():
     assert ti.pos_of("dog") is None        # noun or verb: ambiguous, never picked
     assert ti.pos_of("she") is None        # the lexicon calls it a noun; it is a pronoun
     assert ti.pos_of("Lily") is None       # names
+    assert ti.content_words("He won't go.")["VERB"] == []   # not "win" from "won't"
     cw = ti.content_words(HAND_STORY)
     # "look" and "kite" (noun or verb), "fun" (noun or adjective) are ambiguous; "sharing" is a form of share
     assert cw == {"VERB": ["smile", "learn", "share"], "NOUN": ["girl"], "ADJ": ["bright"]}
@@ -234,6 +235,8 @@ def test_word_usage_counts_inflections():
     assert ti.word_used("happy", "She was happier than ever.")
     assert not ti.word_used("happy", "She danced happily.")  # a derived word is not an inflection
     assert ti.word_used("Butterfly", "Two butterflies flew.")
+    assert ti.word_used("dog", "The dog's bone.") and not ti.word_used("win", "He won't go.")
+    assert ti.word_tokens("The dogs' ball isn't Tom's.") == ["The", "dogs", "ball", "isn't", "Tom"]
     a = ti.adherence(InstructRecord(words=["run", "happy", "dog"]), story)
     assert a.words_used == ["run", "dog"] and a.words_missing == ["happy"]
     assert a.word_share == pytest.approx(2 / 3)

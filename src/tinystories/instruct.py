@@ -241,9 +241,17 @@ def normalize_for_match(text: str) -> str:
     return " ".join(re.findall(r"[a-z0-9]+", text))
 
 
+_WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)*'?")
+
+
 def word_tokens(text: str) -> list[str]:
-    """The words of a text, as written (apostrophes split them: "dog's" -> dog, s)."""
-    return re.findall(r"[A-Za-z]+", unicodedata.normalize("NFKC", text).translate(_QUOTES))
+    """The words of a text, as written; a possessive loses its 's ("dog's" -> dog), other contractions
+    stay whole ("won't" is not a form of "win")."""
+    out = []
+    for w in _WORD.findall(unicodedata.normalize("NFKC", text).translate(_QUOTES)):
+        w = w[:-2] if w.lower().endswith("'s") else w.rstrip("'")
+        out.append(w)
+    return out
 
 
 # ---------------------------------------------------------------- part of speech (lemminflect lexicon)
@@ -273,7 +281,7 @@ def _lemmas(word: str) -> dict[str, tuple[str, ...]]:
 def pos_of(word: str) -> tuple[str, str] | None:
     """(upos, lemma) when the lexicon files this spelling under exactly one part of speech and lemma
     (VERB, NOUN or ADJ), else None. 'ran' -> ('VERB', 'run'); 'dog' (noun or verb) -> None."""
-    if not word.islower() or len(word) < 3 or word in _STOP:
+    if not word.isalpha() or not word.islower() or len(word) < 3 or word in _STOP:
         return None
     entries = _lemmas(word)
     if len(entries) != 1:
