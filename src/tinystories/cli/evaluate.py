@@ -1,10 +1,12 @@
-"""`tinystories evaluate`: loss / gpt-eval / diversity / probes / compare (see tinystories.evaluate)."""
+"""`tinystories evaluate`: loss / gpt-eval / diversity / probes / instruct / compare (see tinystories.evaluate)."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+
+from .instruct import add_evaluate_parser as add_instruct_parser
 
 
 def add_parser(sub) -> None:
@@ -72,6 +74,8 @@ def add_parser(sub) -> None:
     q.add_argument("--probes", default=None, metavar="FILE", help="probe YAML (default: the packaged 38 probes)")
     q.add_argument("--max-new-tokens", type=int, default=24)
     q.set_defaults(func=_probes)
+
+    add_instruct_parser(ev)   # `evaluate instruct` (cli/instruct.py)
 
     q = ev.add_parser("compare", help="saved reports of several runs side by side")
     q.add_argument("runs", nargs="+", metavar="RUN", help="run directories, report directories or report files")

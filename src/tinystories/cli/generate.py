@@ -7,6 +7,8 @@ import json
 import sys
 import time
 
+from .instruct import add_instruction_args, instruction_prompt
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -34,12 +36,14 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=32, metavar="N", help="rows decoded at once (default 32)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="weights and activations")
+    add_instruction_args(p)
     p.set_defaults(func=run)
 
 
 def build_prompt(args, text: str) -> str:
-    """The text the model continues for one user prompt (instruction flags hook in here)."""
-    return text
+    """The text the model continues for one user prompt: with --words/--sentence/--features/--summary, the
+    TinyStories-Instruct prompt (instruction lines, `Story:`, then the prompt as the story's start)."""
+    return instruction_prompt(args, text) or text
 
 
 def user_prompts(args) -> list[str]:

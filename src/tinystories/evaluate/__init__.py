@@ -8,6 +8,7 @@
   ngram_index.py  the streamed n-gram index behind the corpus comparisons (scales to 2.1M stories)
   rouge.py        Rouge-N, written out
   probes.py       factual / reasoning / context-tracking probes, scored pass / partial / fail
+  instruct.py     instruction following (TinyStories-Instruct): words, sentence, features, judge grades
   compare.py      saved reports of several runs side by side
   common.py       model fingerprint, report paths, bootstrap intervals
 

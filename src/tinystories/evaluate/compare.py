@@ -1,7 +1,7 @@
 """`evaluate compare`: saved evaluation reports of several runs side by side, in one table and one plot.
 
 Each argument is a run/model directory (its eval/*.json reports are read), a report directory, or one
-report file. Whatever kinds of report the runs have (loss, gpt-eval, probes, diversity) become rows.
+report file. Whatever kinds of report the runs have (loss, gpt-eval, probes, diversity, instruct) become rows.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 from ..errors import UserError
 from .common import REPORT_DIR, fmt
 
-KINDS = ("loss", "gpt-eval", "probes", "diversity")
+KINDS = ("loss", "gpt-eval", "probes", "diversity", "instruct")
 
 
 def load_reports(path: str | Path) -> dict[str, dict]:
@@ -36,7 +36,7 @@ def load_reports(path: str | Path) -> dict[str, dict]:
             reports[r["kind"]] = r
     if not reports:
         raise UserError(f"{path}: no evaluation reports found; run `tinystories evaluate loss|gpt-eval|probes|"
-                        "diversity` on it first")
+                        "diversity|instruct` on it first")
     return reports
 
 
@@ -56,6 +56,9 @@ def rows_for(kind: str, r: dict) -> list[tuple[str, float | None, tuple | None]]
                 ("diversity: max Rouge-2 F between generated", s["max_rouge2_f_between_generated"].get("mean"), None),
                 ("diversity: Rouge-2 p vs closest training", s["rouge2_p_vs_closest_training_story"].get("mean"), None)] + \
                [(f"diversity: {k}-grams found in training", v, None) for k, v in s["kgram_share_found"].items()]
+    if kind == "instruct":
+        return [(f"instruct: {k.replace('_', ' ')}", v["mean"], tuple(v["ci95"]))
+                for k, v in r["summary"].items() if isinstance(v, dict)]
     return []
 
 
