@@ -88,10 +88,10 @@ def server_factory():
 
 # ---------------------------------------------------------------- summaries
 
-def test_summarizer_against_a_local_server(server_factory):
+def test_summarizer_against_a_local_server(server_factory, tmp_path):
     server = server_factory(summarizer_reply)
     stories = read_stories(TRAIN_TXT, 12)
-    summarize = ti.make_summarizer(server.url, "tiny-summarizer")
+    summarize = ti.make_summarizer(server.url, "tiny-summarizer", cache=tmp_path / "summaries.jsonl")
     recs = list(ti.build_records(stories, ti.BuildConfig(seed=0), summarize))
     with_summary = [(s, r) for s, r in zip(stories, recs) if r.summary]
     assert 2 <= len(with_summary) < 12
@@ -105,8 +105,9 @@ def test_summarizer_against_a_local_server(server_factory):
 def test_cli_build_with_summarizer_and_check(server_factory, tmp_path):
     server = server_factory(summarizer_reply)
     out = tmp_path / "instruct.txt"
+    cache = tmp_path / "summaries.jsonl"
     proc = run_cli("instruct", "build", TRAIN_TXT, "--out", out, "--limit", 30, "--seed", 2,
-                   "--summarizer-url", server.url, "--summarizer-model", "m", check=True)
+                   "--summarizer-url", server.url, "--summarizer-model", "m", "--summary-cache", cache, check=True)
     assert "wrote 30 instruct records" in proc.stdout
     recs = ti.read_records(out)
     stories = read_stories(TRAIN_TXT, 30)
@@ -126,11 +127,12 @@ def test_cli_build_with_summarizer_and_check(server_factory, tmp_path):
     docs = tok.decode(ids).split("<|endoftext|>")
     train_docs = {ti.format_record(r) for r in recs}
     assert all(d.strip() in train_docs for d in docs if d.strip())
-    # same seed, same records
+    # same seed, same records; the summaries come from the cache, not from the server again
     again = tmp_path / "again.txt"
+    asked = len(server.requests)
     run_cli("instruct", "build", TRAIN_TXT, "--out", again, "--limit", 30, "--seed", 2,
-            "--summarizer-url", server.url, "--summarizer-model", "m", check=True)
-    assert again.read_text() == out.read_text()
+            "--summarizer-url", server.url, "--summarizer-model", "m", "--summary-cache", cache, check=True)
+    assert again.read_text() == out.read_text() and len(server.requests) == asked
     # the packaged evaluation set is disjoint from these records and from the V2 stories
     proc = run_cli("instruct", "check", "--against", out, TRAIN_V2_TXT, check=True)
     assert "50 instruction sets, disjoint from" in proc.stdout

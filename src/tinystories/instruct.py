@@ -473,16 +473,28 @@ SUMMARY_PROMPT = ("Summarize the following children's story in one or two short,
                   "(at most 40 words). Reply with the summary only.\n\nStory:\n{story}")
 
 
-def make_summarizer(url: str, model: str, **client_kw) -> Callable[[str], str]:
-    """A `summarize(story) -> str` that asks an OpenAI-compatible server (the judge's client)."""
+def make_summarizer(url: str, model: str, *, cache: str | Path | None = None, **client_kw) -> Callable[[str], str]:
+    """A `summarize(story) -> str` that asks an OpenAI-compatible server (the judge's client, `llm.ChatClient`).
+
+    Summaries are cached on disk by (model, prompt, story), in `cache` or by default
+    <cache dir>/summaries.jsonl (cache="" turns that off): a build that stops half way pays for
+    nothing twice when it is rerun.
+    """
+    from .evaluate.cache import JsonlCache, default_cache_dir, key
     from .llm import ChatClient
 
-    client = ChatClient(url, model, **client_kw)
+    client = ChatClient(url, model, **{"what": "summarizer", **client_kw})
+    store = JsonlCache(None if cache == "" else Path(cache or default_cache_dir() / "summaries.jsonl"))
 
     def summarize(story: str) -> str:
-        text = " ".join(client.complete(SUMMARY_PROMPT.format(story=story.strip())).split())
-        if not text:
-            raise UserError(f"--summarizer-url {url}: the summarizer returned an empty summary")
+        prompt = SUMMARY_PROMPT.format(story=story.strip())
+        k = key("summary", model, prompt)
+        text = store.get(k)
+        if text is None:
+            text = " ".join(client.complete(prompt, temperature=0.0).split())
+            if not text:
+                raise UserError(f"--summarizer-url {url}: the summarizer returned an empty summary")
+            store.put(k, text)
         return text
 
     return summarize

@@ -10,7 +10,8 @@ from .instruct import add_evaluate_parser as add_instruct_parser
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("evaluate", help="score models: loss and bits/byte, GPT-Eval, diversity, probes",
+    p = sub.add_parser("evaluate",
+                       help="score models: loss and bits/byte, GPT-Eval, diversity, probes, instruction following",
                        description="Evaluate models the way the TinyStories paper does. Reports are written to "
                                    "MODEL_DIR/eval/ (or --out) as JSON and Markdown; `compare` reads them back.")
     ev = p.add_subparsers(dest="what", required=True, metavar="WHAT")

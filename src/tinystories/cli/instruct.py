@@ -29,6 +29,10 @@ def add_parser(subparsers) -> None:
     b.add_argument("--summarizer-url", default=None,
                    help="OpenAI-compatible endpoint (e.g. http://127.0.0.1:8000/v1) that writes the summaries")
     b.add_argument("--summarizer-model", default=None, help="model name to ask the summarizer for")
+    b.add_argument("--summary-cache", default=None, metavar="FILE",
+                   help="summaries already paid for (default ~/.cache/tinystories/summaries.jsonl, or "
+                        "$TINYSTORIES_CACHE); a rerun asks only for the missing ones")
+    b.add_argument("--no-cache", action="store_true", help="do not read or write the summary cache")
     b.add_argument("--force", action="store_true", help="replace --out if it exists")
     b.set_defaults(func=_build)
 
@@ -53,7 +57,8 @@ def _build(args: argparse.Namespace) -> int:
         raise UserError("--summarizer-url and --summarizer-model go together; give both or neither")
     summarize = None
     if args.summarizer_url:
-        summarize = instruct.make_summarizer(args.summarizer_url, args.summarizer_model)
+        summarize = instruct.make_summarizer(args.summarizer_url, args.summarizer_model,
+                                             cache="" if args.no_cache else args.summary_cache)
 
     def stories():
         n = 0
