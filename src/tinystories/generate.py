@@ -137,7 +137,9 @@ def _generate(model, tokenizer, seqs, max_new_tokens, temperature, top_k, top_p,
         rngs = [_row_generator(seed, j, model.wte.weight.device) for _, j in rows]
         stream = _streamer(on_text, tokenizer, rows) if on_text is not None else None
         drafter = _draft_weights(model, draft) if len(rows) == 1 and temperature == 0 else None
-        if len(rows) == 1 and temperature == 0 and (lookup > 0 or drafter is not None):
+        # on CUDA, one-token steps replayed from a graph beat verifying drafts in eager passes
+        graphs = _graphs_enabled(model)
+        if len(rows) == 1 and temperature == 0 and (lookup > 0 or drafter is not None) and not graphs:
             outs = [_greedy_lookup(model, tokenizer.eot_id, seqs[rows[0][0]], max_new_tokens, lookup, stream, drafter)]
         else:
             outs = _sample(model, tokenizer.eot_id, [seqs[i] for i, _ in rows], max_new_tokens,
@@ -218,6 +220,7 @@ class _Rows:
         self.n = longest  # slots filled
         self.cache = model.new_cache(len(seqs), self.cap)
         self.weights = model.decode_weights()
+        self.graph = None  # _CudaGraphStep on CUDA, built at the first step (and again after a reorder)
 
     def prefill(self) -> torch.Tensor:
         """Logits [rows, V] after the prompts."""
@@ -228,7 +231,12 @@ class _Rows:
         if self.n == self.cap:
             self._slide()
         self.ids[:, self.n] = tokens
-        logits = self.model.decode(tokens[:, None], self.cache, self.n, self._pad, weights=self.weights)
+        if _graphs_enabled(self.model):
+            if self.graph is None:
+                self.graph = _CudaGraphStep(self, tokens)
+            logits = self.graph(tokens, self.n)
+        else:
+            logits = self.model.decode(tokens[:, None], self.cache, self.n, self._pad, weights=self.weights)
         self.n += 1
         return logits
 
@@ -237,6 +245,7 @@ class _Rows:
         self.ids, self.pad = self.ids[index], self.pad[index]
         self._pad = self.pad if self._pad is not None and bool(self.pad.any()) else None
         self.cache.reorder(index, upto=self.n)
+        self.graph = None  # the batch, and maybe the cache tensors, changed
 
     def _slide(self) -> None:
         # The context is full: keep the last `keep` tokens and feed them again at positions 0..keep-1.
@@ -244,9 +253,53 @@ class _Rows:
         self.ids[:, :self.keep] = self.ids[:, drop:self.n].clone()
         self.pad = (self.pad - drop).clamp(min=0)
         self._pad = self.pad if bool(self.pad.any()) else None
+        self.graph = None  # padding changed
         self.n = self.keep
         if self.keep:
             self.model.decode(self.ids[:, :self.keep], self.cache, 0, self._pad, weights=self.weights)
+
+
+def _graphs_enabled(model) -> bool:
+    """CUDA graphs for one-token steps: on CUDA, for GPT-Neo blocks, unless TINYSTORIES_CUDA_GRAPHS=0."""
+    import os
+
+    return (model.wte.weight.device.type == "cuda" and model.flat_decode
+            and os.environ.get("TINYSTORIES_CUDA_GRAPHS", "1") != "0")
+
+
+class _CudaGraphStep:
+    """One decoding step of a _Rows batch, captured once as a CUDA graph and replayed per token.
+
+    Small models decode in far less GPU time than it takes to launch their ~15 kernels per layer;
+    a replay launches them all at once. The captured pass is `GPTNeo.decode_static`: the token ids
+    and the slot are read from device tensors that each call overwrites. Built at the first step
+    with that step's real token and slot, so the warm-up passes write exactly the keys and values
+    the step itself writes. (Written for CUDA and checked on CPU through decode_static; this
+    repository's machine has no GPU to run the capture on.)
+    """
+
+    def __init__(self, rows: "_Rows", tokens: torch.Tensor):
+        import torch
+
+        model = rows.model
+        self.tok = tokens.detach().clone().view(-1, 1)
+        self.pos = torch.full((), rows.n, dtype=torch.long, device=self.tok.device)
+        run = lambda: model.decode_static(self.tok, rows.cache, self.pos, rows._pad, rows.weights)  # noqa: E731
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up outside the graph, as capture requires
+            for _ in range(2):
+                run()
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.out = run()
+
+    def __call__(self, tokens: torch.Tensor, n: int) -> torch.Tensor:
+        self.tok.copy_(tokens.view(-1, 1))
+        self.pos.fill_(n)
+        self.graph.replay()
+        return self.out.clone()  # the next replay overwrites `out`
 
 
 def _sample(model, eot: int, seqs, max_new_tokens, temperature, top_k, top_p, rngs, stream):

@@ -235,12 +235,17 @@ class GPTNeo(nn.Module):
         p = self.wte.weight
         return KVCache(self.config, batch, max_len or self.config.context, p.device, dtype or p.dtype)
 
+    @property
+    def flat_decode(self) -> bool:
+        """Whether `decode` runs its flat GPT-Neo arithmetic (else it calls `forward`)."""
+        c = self.config
+        return (c.position, c.norm, c.mlp) == ("learned", "layernorm", "gelu")
+
     def decode_weights(self, int8: bool = False) -> list | None:
         """The tensors `decode` reads, gathered once per generation (attribute lookups add up);
         None for configs that only `forward` runs (rope, rmsnorm, swiglu). With `int8`, the matrices
         are `kernels.Int8Weight` copies: an approximate model that drafts tokens for `generate`."""
-        c = self.config
-        if (c.position, c.norm, c.mlp) != ("learned", "layernorm", "gelu"):
+        if not self.flat_decode:
             return None
         mat = kernels.Int8Weight.quantize if int8 else (lambda w: w.detach())
         layers = []
@@ -293,6 +298,36 @@ class GPTNeo(nn.Module):
         if last_only:
             x = x[:, -1]
         return kernels.linear(F.layer_norm(x, (C,), lnf_w, lnf_b, eps), head)
+
+    @torch.inference_mode()
+    def decode_static(self, idx: torch.Tensor, cache: KVCache, pos: torch.Tensor, pad: torch.Tensor | None,
+                      weights: list) -> torch.Tensor:
+        """`decode` of one token per row (idx [B, 1]) at cache slot `pos`, a 0-d long tensor, with
+        attention over every slot of the cache under a mask built from `pos`: no shape, address or
+        Python value depends on the step, so that a CUDA graph can capture it once and replay it.
+        Logits [B, V]. GPT-Neo blocks only (`weights` = decode_weights())."""
+        wte, wpe, lnf_w, lnf_b, head, layers = weights
+        C, eps = self.config.hidden, self.config.layer_norm_eps
+        B = idx.size(0)
+        slots = torch.arange(cache.max_len, device=idx.device)
+        if pad is None:
+            x = wte[idx] + wpe[pos].view(1, 1, C)
+            seen = (slots <= pos)[None, None, None, :]                           # [1, 1, 1, S]
+        else:
+            x = wte[idx] + wpe[(pos - pad).clamp(min=0)][:, None]
+            seen = ((slots <= pos)[None, :] & (slots[None, :] >= pad[:, None]))[:, None, None, :]  # [B, 1, 1, S]
+        index = pos.view(1)
+        for i, (w1, b1, wqkv, wo, bo, w2, b2, wfc, bfc, wpr, bpr, attn, _) in enumerate(layers):
+            q, k, v = F.linear(F.layer_norm(x, (C,), w1, b1, eps), wqkv).view(
+                B, 1, 3, attn.heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+            cache.k[i].index_copy_(2, index, k)
+            cache.v[i].index_copy_(2, index, v)
+            mask = seen if attn.window is None else seen & (slots > pos - attn.window)[None, None, None, :]
+            y = F.scaled_dot_product_attention(q, cache.k[i], cache.v[i], attn_mask=mask, scale=attn.scale)
+            x = x + F.linear(y.transpose(1, 2).reshape(B, 1, C), wo, bo)
+            h = F.gelu(F.linear(F.layer_norm(x, (C,), w2, b2, eps), wfc, bfc), approximate="tanh")
+            x = x + F.linear(h, wpr, bpr)
+        return F.linear(F.layer_norm(x[:, -1], (C,), lnf_w, lnf_b, eps), head)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
                 cache: KVCache | None = None, start: int = 0, last_only: bool = False,
