@@ -84,7 +84,8 @@ def encode_prompts(tokenizer: Tokenizer, prompts: list[str], context: int) -> li
 def generate(model: GPTNeo, tokenizer: Tokenizer, prompts: list[str] | str, *, max_new_tokens: int = 256,
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
              num_beams: int = 1, num_samples: int = 1, seed: int | None = None,
-             on_text: TextCallback | None = None, batch_size: int = 32, lookup: int = 8) -> list[list[Completion]]:
+             on_text: TextCallback | None = None, batch_size: int = 32, lookup: int = 8,
+             draft: str = "auto") -> list[list[Completion]]:
     """Complete each prompt; returns, per prompt, `num_samples` completions.
 
     temperature 0 is greedy; `num_beams` > 1 is beam search (deterministic; its best
@@ -96,7 +97,10 @@ def generate(model: GPTNeo, tokenizer: Tokenizer, prompts: list[str] | str, *, m
     Greedy decoding of a single sequence drafts up to `lookup` tokens by finding the
     last few tokens earlier in the text (stories repeat names and phrases) and checks
     them all in one forward pass: the output is the greedy output, made with fewer passes
-    over the weights. `lookup=0` decodes one token per pass.
+    over the weights. When the text offers no draft, an int8 copy of the model drafts
+    (`draft`: "auto" = for models big enough that a pass costs its weights' bytes, on a CPU
+    with the compiled kernels; "on"; "off"), as far as the measured acceptance pays.
+    `lookup=0, draft="off"` decodes one token per pass.
     """
     import torch
 
@@ -113,13 +117,13 @@ def generate(model: GPTNeo, tokenizer: Tokenizer, prompts: list[str] | str, *, m
     try:
         with torch.inference_mode():
             return _generate(model, tokenizer, seqs, max_new_tokens, temperature, top_k, top_p,
-                             num_beams, num_samples, seed, on_text, batch_size, lookup)
+                             num_beams, num_samples, seed, on_text, batch_size, lookup, draft)
     finally:
         model.train(was_training)
 
 
 def _generate(model, tokenizer, seqs, max_new_tokens, temperature, top_k, top_p, num_beams, num_samples,
-              seed, on_text, batch_size, lookup) -> list[list[Completion]]:
+              seed, on_text, batch_size, lookup, draft) -> list[list[Completion]]:
     per_prompt = num_beams if num_beams > 1 else num_samples
     results: list[list[Completion]] = [[] for _ in seqs]
     # rope models cannot shift positions per row, so only equal-length prompts share a batch
@@ -132,8 +136,11 @@ def _generate(model, tokenizer, seqs, max_new_tokens, temperature, top_k, top_p,
         rows = [(i, j) for i in chunk for j in range(num_samples)]
         rngs = [_row_generator(seed, j, model.wte.weight.device) for _, j in rows]
         stream = _streamer(on_text, tokenizer, rows) if on_text is not None else None
-        if len(rows) == 1 and temperature == 0 and lookup > 0:
-            outs = [_greedy_lookup(model, tokenizer.eot_id, seqs[rows[0][0]], max_new_tokens, lookup, stream)]
+        drafter = _draft_weights(model, draft) if len(rows) == 1 and temperature == 0 else None
+        # on CUDA, one-token steps replayed from a graph beat verifying drafts in eager passes
+        graphs = _graphs_enabled(model)
+        if len(rows) == 1 and temperature == 0 and (lookup > 0 or drafter is not None) and not graphs:
+            outs = [_greedy_lookup(model, tokenizer.eot_id, seqs[rows[0][0]], max_new_tokens, lookup, stream, drafter)]
         else:
             outs = _sample(model, tokenizer.eot_id, [seqs[i] for i, _ in rows], max_new_tokens,
                            temperature, top_k, top_p, rngs, stream)
@@ -213,6 +220,7 @@ class _Rows:
         self.n = longest  # slots filled
         self.cache = model.new_cache(len(seqs), self.cap)
         self.weights = model.decode_weights()
+        self.graph = None  # _CudaGraphStep on CUDA, built at the first step (and again after a reorder)
 
     def prefill(self) -> torch.Tensor:
         """Logits [rows, V] after the prompts."""
@@ -223,7 +231,12 @@ class _Rows:
         if self.n == self.cap:
             self._slide()
         self.ids[:, self.n] = tokens
-        logits = self.model.decode(tokens[:, None], self.cache, self.n, self._pad, weights=self.weights)
+        if _graphs_enabled(self.model):
+            if self.graph is None:
+                self.graph = _CudaGraphStep(self, tokens)
+            logits = self.graph(tokens, self.n)
+        else:
+            logits = self.model.decode(tokens[:, None], self.cache, self.n, self._pad, weights=self.weights)
         self.n += 1
         return logits
 
@@ -232,6 +245,7 @@ class _Rows:
         self.ids, self.pad = self.ids[index], self.pad[index]
         self._pad = self.pad if self._pad is not None and bool(self.pad.any()) else None
         self.cache.reorder(index, upto=self.n)
+        self.graph = None  # the batch, and maybe the cache tensors, changed
 
     def _slide(self) -> None:
         # The context is full: keep the last `keep` tokens and feed them again at positions 0..keep-1.
@@ -239,9 +253,53 @@ class _Rows:
         self.ids[:, :self.keep] = self.ids[:, drop:self.n].clone()
         self.pad = (self.pad - drop).clamp(min=0)
         self._pad = self.pad if bool(self.pad.any()) else None
+        self.graph = None  # padding changed
         self.n = self.keep
         if self.keep:
             self.model.decode(self.ids[:, :self.keep], self.cache, 0, self._pad, weights=self.weights)
+
+
+def _graphs_enabled(model) -> bool:
+    """CUDA graphs for one-token steps: on CUDA, for GPT-Neo blocks, unless TINYSTORIES_CUDA_GRAPHS=0."""
+    import os
+
+    return (model.wte.weight.device.type == "cuda" and model.flat_decode
+            and os.environ.get("TINYSTORIES_CUDA_GRAPHS", "1") != "0")
+
+
+class _CudaGraphStep:
+    """One decoding step of a _Rows batch, captured once as a CUDA graph and replayed per token.
+
+    Small models decode in far less GPU time than it takes to launch their ~15 kernels per layer;
+    a replay launches them all at once. The captured pass is `GPTNeo.decode_static`: the token ids
+    and the slot are read from device tensors that each call overwrites. Built at the first step
+    with that step's real token and slot, so the warm-up passes write exactly the keys and values
+    the step itself writes. (Written for CUDA and checked on CPU through decode_static; this
+    repository's machine has no GPU to run the capture on.)
+    """
+
+    def __init__(self, rows: "_Rows", tokens: torch.Tensor):
+        import torch
+
+        model = rows.model
+        self.tok = tokens.detach().clone().view(-1, 1)
+        self.pos = torch.full((), rows.n, dtype=torch.long, device=self.tok.device)
+        run = lambda: model.decode_static(self.tok, rows.cache, self.pos, rows._pad, rows.weights)  # noqa: E731
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up outside the graph, as capture requires
+            for _ in range(2):
+                run()
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.out = run()
+
+    def __call__(self, tokens: torch.Tensor, n: int) -> torch.Tensor:
+        self.tok.copy_(tokens.view(-1, 1))
+        self.pos.fill_(n)
+        self.graph.replay()
+        return self.out.clone()  # the next replay overwrites `out`
 
 
 def _sample(model, eot: int, seqs, max_new_tokens, temperature, top_k, top_p, rngs, stream):
@@ -277,20 +335,28 @@ def _sample(model, eot: int, seqs, max_new_tokens, temperature, top_k, top_p, rn
     return list(zip(out, reason))
 
 
-def _greedy_lookup(model, eot: int, seq: list[int], max_new_tokens: int, lookup: int, stream):
-    """Greedy decoding of one sequence with drafts from its own text, verified in one pass.
+def _greedy_lookup(model, eot: int, seq: list[int], max_new_tokens: int, lookup: int, stream,
+                   draft_weights: list | None = None):
+    """Greedy decoding of one sequence with drafted tokens, all verified in one pass.
 
     The tokens fed at each pass are [last token, draft...]; the model's argmax after each
-    of them says how many drafts were right, and adds one token of its own beyond them.
+    of them says how many drafts were right, and adds one token of its own beyond them, so
+    the output is the greedy output whatever the drafts were. Drafts come from the text
+    itself when its last tokens occurred before (free), else, with `draft_weights` (the int8
+    copy of the model), from a few cheap passes of that copy, as many as the measured
+    acceptance and costs say pay.
     """
+    import time
+
     import torch
 
     rows = _Rows(model, [seq], max_new_tokens, fill=eot)
     index = _NgramIndex(seq)
     nxt = int(rows.prefill()[0].argmax())
     out: list[int] = []
-    size = max(1, lookup // 2)  # draft length: grows while drafts are right, shrinks when not
-    pause = 0                   # after drafts that all failed, decode this many tokens plainly
+    size = max(1, lookup // 2)  # text draft length: grows while drafts are right, shrinks when not
+    pause = 0                   # after text drafts that all failed, skip them for this many passes
+    cost = _DraftCost()
     while True:
         if nxt == eot:
             return out, "eot"
@@ -303,18 +369,28 @@ def _greedy_lookup(model, eot: int, seq: list[int], max_new_tokens: int, lookup:
         if rows.n == rows.cap:
             rows._slide()
         # a pass yields the accepted drafts plus one token: never more than is wanted or fits
-        k = min(size if not pause else 0, max_new_tokens - len(out) - 1, rows.cap - rows.n - 1)
+        room = min(max_new_tokens - len(out) - 1, rows.cap - rows.n - 1)
+        drafts = index.draft(min(size, room)) if lookup and room > 0 and not pause else []
         pause = max(0, pause - 1)
-        feed = [nxt] + (index.draft(k) if k > 0 else [])
+        from_model = False
+        if not drafts and draft_weights is not None and room > 0 and (k := min(cost.best_k(), room)) > 0:
+            t0 = time.perf_counter()
+            drafts, from_model = _draft(model, rows, nxt, k, draft_weights, eot), True
+            cost.drafted(len(drafts), time.perf_counter() - t0)
+        feed = [nxt] + drafts
         fed = torch.tensor([feed], device=rows.ids.device)
         rows.ids[:, rows.n:rows.n + len(feed)] = fed
+        t0 = time.perf_counter()
         preds = model.decode(fed, rows.cache, rows.n, last_only=False, weights=rows.weights)[0]
         preds = preds.argmax(-1).tolist()
+        cost.verified(len(feed), time.perf_counter() - t0)
         ok = 0
         while ok < len(feed) - 1 and feed[ok + 1] == preds[ok]:
             ok += 1
         rows.n += 1 + ok  # cache slots past this hold rejected drafts; later tokens overwrite them
-        if len(feed) > 1:
+        if from_model:
+            cost.accepted(ok, len(drafts))
+        elif len(feed) > 1:
             if ok == len(feed) - 1:
                 size = min(lookup, size + 2)
             elif ok == 0:
@@ -329,6 +405,83 @@ def _greedy_lookup(model, eot: int, seq: list[int], max_new_tokens: int, lookup:
             if stream is not None:
                 stream(0, t)
         nxt = preds[ok]
+
+
+DRAFT_MIN_WEIGHTS = 4_000_000  # below this, a pass costs its per-layer overhead, not its weights: no draft
+
+
+def _draft_weights(model, draft: str) -> list | None:
+    """The int8 copy's weights for drafting, when it can be built and may pay ("auto"), or "on"."""
+    from . import kernels
+
+    if draft == "off" or not kernels.attention_available() or model.wte.weight.device.type != "cpu":
+        return None
+    big = sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2 and "wpe" not in n)
+    if draft == "auto" and big < DRAFT_MIN_WEIGHTS:
+        return None
+    return model.decode_weights(int8=True)
+
+
+def _draft(model, rows: _Rows, token: int, k: int, weights: list, eot: int) -> list[int]:
+    """Up to k greedy tokens from the int8 copy, after `token` at slot rows.n. Its keys and values
+    go into the cache slots that the verifying pass then overwrites with the exact ones."""
+    import torch
+
+    drafts: list[int] = []
+    t = torch.tensor([[token]], device=rows.ids.device)
+    for i in range(k):
+        t = model.decode(t, rows.cache, rows.n + i, weights=weights).argmax(-1, keepdim=True)
+        drafts.append(int(t))
+        if drafts[-1] == eot:
+            break
+    return drafts
+
+
+class _DraftCost:
+    """Running estimates that decide how many tokens the int8 copy drafts: the share of its drafts
+    that verification accepts, the time of a draft pass, and the time of a verifying pass as a
+    function of the tokens it feeds (one, plus a slope per extra token)."""
+
+    def __init__(self, max_k: int = 8):
+        self.max_k = max_k
+        self.hits, self.tries = 4.0, 5.0      # prior: 80% of drafts accepted
+        self.t_draft = self.t_one = self.slope = None
+        self.idle = 0                        # passes since drafting last looked worth it
+
+    @staticmethod
+    def _ema(old, new, w=0.2):
+        return new if old is None else (1 - w) * old + w * new
+
+    def drafted(self, n: int, seconds: float) -> None:
+        if n:
+            self.t_draft = self._ema(self.t_draft, seconds / n)
+
+    def verified(self, n: int, seconds: float) -> None:
+        if n == 1:
+            self.t_one = self._ema(self.t_one, seconds)
+        elif self.t_one is not None:
+            self.slope = self._ema(self.slope, max(0.0, seconds - self.t_one) / (n - 1))
+
+    def accepted(self, ok: int, drafted: int) -> None:
+        # forget slowly, so that a stretch of hard text turns drafting down and easy text up again
+        self.hits, self.tries = 0.95 * self.hits + ok, 0.95 * self.tries + drafted
+
+    def best_k(self) -> int:
+        """Draft length with the most tokens per second expected; 0 when drafting does not pay
+        (then one short draft every 16 passes keeps the estimates fresh)."""
+        if self.t_one is None:
+            return 0 if self.t_draft is not None else 2  # measure a plain pass, and a draft pass, first
+        if self.t_draft is None:
+            return 2
+        a = min(self.hits / self.tries, 0.99)
+        slope = self.slope if self.slope is not None else 0.1 * self.t_one
+        best_k, best_rate = 0, 1.0 / self.t_one
+        for k in range(1, self.max_k + 1):
+            rate = (1 - a ** (k + 1)) / (1 - a) / (k * self.t_draft + self.t_one + k * slope)
+            if rate > best_rate:
+                best_k, best_rate = k, rate
+        self.idle = self.idle + 1 if best_k == 0 else 0
+        return 1 if self.idle and self.idle % 16 == 0 else best_k
 
 
 class _NgramIndex:

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import kernels
 from .config import ModelConfig
 
 
@@ -106,7 +107,13 @@ class SelfAttention(nn.Module):
 
     def forward(self, x, rope=None, cache: KVCache | None = None, start: int = 0, masks: "Masks | None" = None):
         B, T, C = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        dropout = self.dropout if self.training else 0.0
+        qkv = self.qkv(x)
+        if (rope is None and cache is None and start == 0 and (masks is None or masks.pad is None)
+                and kernels.use_attention_kernel(qkv, self.head_dim, dropout)):
+            # a fresh sequence on a CPU, small heads: the fused kernel (same math, no head transposes)
+            return self.out_proj(kernels.fused_attention(qkv, self.heads, self.window, self.scale))
+        q, k, v = qkv.view(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         if rope is not None:
             cos, sin = rope[0][start:start + T], rope[1][start:start + T]
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
@@ -114,7 +121,6 @@ class SelfAttention(nn.Module):
         if cache is not None:
             k, v = cache.update(self.layer, start, k, v, lo=k_start)
 
-        dropout = self.dropout if self.training else 0.0
         mask = masks.get(self, k_start, k.size(2)) if masks is not None else None
         y = self.out_proj(attend(q, k, v, mask, self.scale, dropout).transpose(1, 2).reshape(B, T, C))
         return self.resid_drop(y) if dropout else y
@@ -229,16 +235,26 @@ class GPTNeo(nn.Module):
         p = self.wte.weight
         return KVCache(self.config, batch, max_len or self.config.context, p.device, dtype or p.dtype)
 
-    def decode_weights(self) -> list | None:
-        """The tensors `decode` reads, gathered once per generation (attribute lookups add up);
-        None for configs that only `forward` runs (rope, rmsnorm, swiglu)."""
+    @property
+    def flat_decode(self) -> bool:
+        """Whether `decode` runs its flat GPT-Neo arithmetic (else it calls `forward`)."""
         c = self.config
-        if (c.position, c.norm, c.mlp) != ("learned", "layernorm", "gelu"):
+        return (c.position, c.norm, c.mlp) == ("learned", "layernorm", "gelu")
+
+    def decode_weights(self, int8: bool = False) -> list | None:
+        """The tensors `decode` reads, gathered once per generation (attribute lookups add up);
+        None for configs that only `forward` runs (rope, rmsnorm, swiglu). With `int8`, the matrices
+        are `kernels.Int8Weight` copies: an approximate model that drafts tokens for `generate`."""
+        if not self.flat_decode:
             return None
-        layers = [(b.ln_1.weight, b.ln_1.bias, b.attn.qkv.weight, b.attn.out_proj.weight, b.attn.out_proj.bias,
-                   b.ln_2.weight, b.ln_2.bias, b.mlp.c_fc.weight, b.mlp.c_fc.bias, b.mlp.c_proj.weight,
-                   b.mlp.c_proj.bias, b.attn) for b in self.blocks]
-        return [self.wte.weight, self.wpe.weight, self.ln_f.weight, self.ln_f.bias, self.lm_head.weight, layers]
+        mat = kernels.Int8Weight.quantize if int8 else (lambda w: w.detach())
+        layers = []
+        for b in self.blocks:
+            w = (b.ln_1.weight.detach(), b.ln_1.bias.detach(), mat(b.attn.qkv.weight), mat(b.attn.out_proj.weight),
+                 b.attn.out_proj.bias.detach(), b.ln_2.weight.detach(), b.ln_2.bias.detach(), mat(b.mlp.c_fc.weight),
+                 b.mlp.c_fc.bias.detach(), mat(b.mlp.c_proj.weight), b.mlp.c_proj.bias.detach())
+            layers.append((*w, b.attn, kernels.block_struct(*w)))
+        return [self.wte.weight, self.wpe.weight, self.ln_f.weight, self.ln_f.bias, mat(self.lm_head.weight), layers]
 
     @torch.inference_mode()
     def decode(self, idx: torch.Tensor, cache: KVCache, start: int = 0, pad: torch.Tensor | None = None,
@@ -262,18 +278,56 @@ class GPTNeo(nn.Module):
         else:
             x = wte[idx] + wpe[(torch.arange(start, start + T, device=idx.device)[None, :] - pad[:, None]).clamp(min=0)]
         masks = Masks(start, T, idx.device, pad)
-        for i, (w1, b1, wqkv, wo, bo, w2, b2, wfc, bfc, wpr, bpr, attn) in enumerate(layers):
-            q, k, v = F.linear(F.layer_norm(x, (C,), w1, b1, eps), wqkv).view(
+        fused = B * T <= kernels.SKINNY_MAX_ROWS and x.dtype == torch.float32
+        for i, (w1, b1, wqkv, wo, bo, w2, b2, wfc, bfc, wpr, bpr, attn, blk) in enumerate(layers):
+            if fused and blk is not None:  # the whole block in one C call (a few rows: decoding)
+                assert start + T <= cache.max_len, "KV cache overflow: the caller must slide the window"
+                if not x.is_contiguous():
+                    x = x.contiguous()
+                kernels.decode_block(x, blk, attn.heads, self.config.mlp_width, cache.k[i], cache.v[i], start,
+                                     attn.window, attn.scale, pad, eps)
+                continue
+            q, k, v = kernels.linear(F.layer_norm(x, (C,), w1, b1, eps), wqkv).view(
                 B, T, 3, attn.heads, attn.head_dim).permute(2, 0, 3, 1, 4)
             k_start = attn.key_start(start, cache)
             k, v = cache.update(i, start, k, v, lo=k_start)
             y = attend(q, k, v, masks.get(attn, k_start, k.size(2)), attn.scale)
-            x = x + F.linear(y.transpose(1, 2).reshape(B, T, C), wo, bo)
-            h = F.gelu(F.linear(F.layer_norm(x, (C,), w2, b2, eps), wfc, bfc), approximate="tanh")
-            x = x + F.linear(h, wpr, bpr)
+            x = x + kernels.linear(y.transpose(1, 2).reshape(B, T, C), wo, bo)
+            h = F.gelu(kernels.linear(F.layer_norm(x, (C,), w2, b2, eps), wfc, bfc), approximate="tanh")
+            x = x + kernels.linear(h, wpr, bpr)
         if last_only:
             x = x[:, -1]
-        return F.linear(F.layer_norm(x, (C,), lnf_w, lnf_b, eps), head)
+        return kernels.linear(F.layer_norm(x, (C,), lnf_w, lnf_b, eps), head)
+
+    @torch.inference_mode()
+    def decode_static(self, idx: torch.Tensor, cache: KVCache, pos: torch.Tensor, pad: torch.Tensor | None,
+                      weights: list) -> torch.Tensor:
+        """`decode` of one token per row (idx [B, 1]) at cache slot `pos`, a 0-d long tensor, with
+        attention over every slot of the cache under a mask built from `pos`: no shape, address or
+        Python value depends on the step, so that a CUDA graph can capture it once and replay it.
+        Logits [B, V]. GPT-Neo blocks only (`weights` = decode_weights())."""
+        wte, wpe, lnf_w, lnf_b, head, layers = weights
+        C, eps = self.config.hidden, self.config.layer_norm_eps
+        B = idx.size(0)
+        slots = torch.arange(cache.max_len, device=idx.device)
+        if pad is None:
+            x = wte[idx] + wpe[pos].view(1, 1, C)
+            seen = (slots <= pos)[None, None, None, :]                           # [1, 1, 1, S]
+        else:
+            x = wte[idx] + wpe[(pos - pad).clamp(min=0)][:, None]
+            seen = ((slots <= pos)[None, :] & (slots[None, :] >= pad[:, None]))[:, None, None, :]  # [B, 1, 1, S]
+        index = pos.view(1)
+        for i, (w1, b1, wqkv, wo, bo, w2, b2, wfc, bfc, wpr, bpr, attn, _) in enumerate(layers):
+            q, k, v = F.linear(F.layer_norm(x, (C,), w1, b1, eps), wqkv).view(
+                B, 1, 3, attn.heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+            cache.k[i].index_copy_(2, index, k)
+            cache.v[i].index_copy_(2, index, v)
+            mask = seen if attn.window is None else seen & (slots > pos - attn.window)[None, None, None, :]
+            y = F.scaled_dot_product_attention(q, cache.k[i], cache.v[i], attn_mask=mask, scale=attn.scale)
+            x = x + F.linear(y.transpose(1, 2).reshape(B, 1, C), wo, bo)
+            h = F.gelu(F.linear(F.layer_norm(x, (C,), w2, b2, eps), wfc, bfc), approximate="tanh")
+            x = x + F.linear(h, wpr, bpr)
+        return F.linear(F.layer_norm(x[:, -1], (C,), lnf_w, lnf_b, eps), head)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
                 cache: KVCache | None = None, start: int = 0, last_only: bool = False,
@@ -303,6 +357,8 @@ class GPTNeo(nn.Module):
             x = block(x, rope, cache, start, masks)
         x = self.ln_f(x)
         if targets is not None:
+            if kernels.use_chunked_loss(x):
+                return kernels.lm_head_loss(x.reshape(B * T, -1), self.lm_head.weight, targets.reshape(-1))
             logits = self.lm_head(x)
             return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         if last_only:

@@ -78,7 +78,7 @@ class TrainConfig:
     # -- speed
     device: str = "auto"             # auto | cpu | cuda | cuda:N | mps
     precision: str = "auto"          # auto | bf16 | fp16 | fp32: autocast dtype; weights stay fp32
-    compile: str = "auto"            # auto | on | off: torch.compile (auto = on for CUDA only)
+    compile: str = "auto"            # auto | on | off: torch.compile (auto = CUDA runs long enough: compile_pays)
     threads: int | None = None       # CPU threads per process; None = $OMP_NUM_THREADS or physical cores
     # -- observing
     log_every: int = 10              # steps between metrics.jsonl lines
@@ -393,6 +393,25 @@ def resolve_precision(name: str, device: torch.device) -> str:
 
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
+# torch.compile takes about a minute before the first step; it must have time to pay that back.
+COMPILE_MIN_STEPS = 500
+COMPILE_MIN_SECONDS = 300
+
+
+def compile_pays(cfg: TrainConfig, device: torch.device, total_steps: int | None) -> bool:
+    """compile=auto: on for CUDA runs long enough to repay the compile time; off on CPUs.
+
+    On a CPU, measured (benchmarks/run.py shapes, AVX2): compiled steps were no faster, because the
+    steps are bound by matrix products and the fused attention and loss kernels, which compile
+    cannot improve on, while compiling costs 30-70 s. On a GPU, where small models are bound by
+    kernel launches, compile fuses the elementwise work (untested on a GPU in this repository).
+    """
+    if device.type != "cuda":
+        return False
+    if total_steps is not None and total_steps < COMPILE_MIN_STEPS:
+        return False
+    return cfg.max_time is None or cfg.max_time >= COMPILE_MIN_SECONDS
+
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
     """AdamW with weight decay on every matrix (2-D weight) and none on biases and norm gains.
@@ -621,7 +640,7 @@ def _train(cfg: TrainConfig, dist_: Dist, device: torch.device, resume: bool, fo
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     precision = _broadcast(dist_, resolve_precision(cfg.precision, device))  # rank 0's probe decides for all
-    use_compile = cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda")
+    use_compile = cfg.compile == "on" or (cfg.compile == "auto" and compile_pays(cfg, device, total_steps))
 
     # -- the model, then the run directory (rank 0 only, after every rank has passed the checks above).
     # A new run directory appears whole, already a loadable model directory (the initial weights).

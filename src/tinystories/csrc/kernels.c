@@ -1,0 +1,491 @@
+/* Causal and sliding-window attention for small heads on a CPU, forward and backward.
+
+   Why: with GPT-Neo's 16 heads of size 4 or 16, attention is a few FLOPs per score and one
+   exp; library kernels spend their time on tiny matrix products and on moving the scores
+   through memory. Here each query row's scores live in L1, keys and values are packed per
+   head as [D][T] so every inner loop runs over keys and vectorizes, masked keys are never
+   touched (a local layer reads only its window), and the backward pass recomputes the
+   probabilities from the saved log-sum-exp (as flash attention does).
+
+   Layout: qkv is [B, T, 3C] as the fused projection writes it (q, k, v, each C = H*D wide);
+   y is [B, T, C]; lse is [B, H, T]; dqkv is [B, T, 3C]. Each call handles heads
+   [bh_begin, bh_end) of the B*H, so that callers may split the work across threads.
+   Build: cc -O3 -march=native -fno-math-errno -fno-trapping-math -fassociative-math
+          -fno-signed-zeros -ffp-contract=fast -shared -fPIC
+*/
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* exp(x) for x <= 0 (scores minus their row maximum): Cody-Waite reduction and a degree-6
+   polynomial (Cephes' expf), written as straight-line arithmetic so that loops over it
+   vectorize. Relative error about 1e-7; inputs below -87 give about 1e-38. */
+static inline float exp_neg(float x) {
+    x = x < -87.0f ? -87.0f : x;
+    float n = floorf(x * 1.44269504088896341f + 0.5f);
+    float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    int32_t bits = ((int32_t)n + 127) << 23;
+    float s;
+    memcpy(&s, &bits, sizeof s);
+    return p * s;
+}
+
+static inline int round8(int n) { return (n + 7) & ~7; }
+
+static inline int first_key(int i, int window) {
+    return (window > 0 && i - window + 1 > 0) ? i - window + 1 : 0;
+}
+
+/* Four query rows at a time: every key and value loaded serves four rows. A head's keys and
+   values are packed [DP][TP] (DP = D rounded up to even, TP = T rounded up to 8, plus 8), zero-
+   padded, so that loops run in whole vectors of 8 keys; score rows hold zeros outside each row's
+   keys, so the padding contributes nothing. */
+#define R 4
+
+/* 8 floats in a vector register (GCC/clang vector extension: AVX on x86, pairs of NEON/SSE elsewhere) */
+typedef float v8 __attribute__((vector_size(32)));
+static inline v8 ld8(const float *p) { v8 v; memcpy(&v, p, sizeof v); return v; }
+static inline void st8(float *p, v8 v) { memcpy(p, &v, sizeof v); }
+static inline float hsum8(v8 v) { return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7])); }
+
+/* S[r][j] = sum_d A[r][d] * M[d][j] for r < R, j < n (rounded up to 8); M offset to the first key */
+static inline void block_dot(float *restrict S, int ls, const float *restrict A, const float *restrict M, int D,
+                             int TP, int n) {
+    for (int j = 0; j < n; j += 8) {
+        v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+        for (int d = 0; d < D; d++) {
+            const v8 m = ld8(M + (size_t)d * TP + j);
+            a0 += A[d] * m; a1 += A[D + d] * m; a2 += A[2 * D + d] * m; a3 += A[3 * D + d] * m;
+        }
+        st8(S + j, a0); st8(S + ls + j, a1); st8(S + 2 * ls + j, a2); st8(S + 3 * ls + j, a3);
+    }
+}
+
+/* O[r][d] = sum_j P[r][j] * M[d][j] for r < R, d < D (even), j < n (rounded up to 8) */
+static inline void block_reduce(float *restrict O, const float *restrict P, int lp, const float *restrict M, int D,
+                                int TP, int n) {
+    for (int d = 0; d < D; d += 2) {
+        const float *m0 = M + (size_t)d * TP, *m1 = m0 + TP;
+        v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};
+        for (int j = 0; j < n; j += 8) {
+            const v8 p0 = ld8(P + j), p1 = ld8(P + lp + j), p2 = ld8(P + 2 * lp + j), p3 = ld8(P + 3 * lp + j);
+            const v8 x = ld8(m0 + j), z = ld8(m1 + j);
+            a0 += p0 * x; a1 += p1 * x; a2 += p2 * x; a3 += p3 * x;
+            b0 += p0 * z; b1 += p1 * z; b2 += p2 * z; b3 += p3 * z;
+        }
+        O[d] = hsum8(a0); O[D + d] = hsum8(a1); O[2 * D + d] = hsum8(a2); O[3 * D + d] = hsum8(a3);
+        O[d + 1] = hsum8(b0); O[D + d + 1] = hsum8(b1); O[2 * D + d + 1] = hsum8(b2); O[3 * D + d + 1] = hsum8(b3);
+    }
+}
+
+/* M[d][j] += sum_r A[r][d] * P[r][j] for d < D (even), j < n (rounded up to 8) */
+static inline void block_outer(float *restrict M, int TP, const float *restrict A, const float *restrict P, int lp,
+                               int D, int n) {
+    for (int d = 0; d < D; d += 2) {
+        float *m0 = M + (size_t)d * TP, *m1 = m0 + TP;
+        const float x0 = A[d], x1 = A[D + d], x2 = A[2 * D + d], x3 = A[3 * D + d];
+        const float z0 = A[d + 1], z1 = A[D + d + 1], z2 = A[2 * D + d + 1], z3 = A[3 * D + d + 1];
+        for (int j = 0; j < n; j += 8) {
+            const v8 p0 = ld8(P + j), p1 = ld8(P + lp + j), p2 = ld8(P + 2 * lp + j), p3 = ld8(P + 3 * lp + j);
+            st8(m0 + j, ld8(m0 + j) + x0 * p0 + x1 * p1 + x2 * p2 + x3 * p3);
+            st8(m1 + j, ld8(m1 + j) + z0 * p0 + z1 * p1 + z2 * p2 + z3 * p3);
+        }
+    }
+}
+
+
+/* pack this head's keys and values as [D][TP], zero-padded */
+static void pack_kv(const float *base, size_t rs, int C, int h, int D, int DP, int T, int TP, float *KT, float *VT) {
+    memset(KT, 0, sizeof(float) * (size_t)DP * TP);
+    memset(VT, 0, sizeof(float) * (size_t)DP * TP);
+    for (int t = 0; t < T; t++) {
+        const float *row = base + t * rs;
+        for (int d = 0; d < D; d++) {
+            KT[(size_t)d * TP + t] = row[C + h * D + d];
+            VT[(size_t)d * TP + t] = row[2 * C + h * D + d];
+        }
+    }
+}
+
+static int forward_range(const float *qkv, float *y, float *lse, int T, int H, int D, int window, float scale,
+                         int bh_begin, int bh_end) {
+    const int C = H * D, DP = D + (D & 1), TP = round8(T) + 8;
+    const size_t rs = (size_t)3 * C;
+    float *buf = calloc((size_t)2 * DP * TP + (size_t)R * TP + 2 * R * DP, sizeof(float));
+    if (!buf) return -1;
+    float *KT = buf, *VT = KT + (size_t)DP * TP, *S = VT + (size_t)DP * TP, *Q = S + (size_t)R * TP, *O = Q + R * DP;
+    for (int bh = bh_begin; bh < bh_end; bh++) {
+        const int b = bh / H, h = bh % H;
+        const float *base = qkv + (size_t)b * T * rs;
+        pack_kv(base, rs, C, h, D, DP, T, TP, KT, VT);
+        for (int i0 = 0; i0 < T; i0 += R) {
+            const int rows = T - i0 < R ? T - i0 : R;
+            const int lo = first_key(i0, window), n = round8(i0 + rows - lo);
+            for (int r = 0; r < R; r++) {  /* rows past T repeat the last one; their results are dropped */
+                const float *qi = base + (size_t)(i0 + (r < rows ? r : rows - 1)) * rs + h * D;
+                for (int d = 0; d < D; d++) Q[r * DP + d] = qi[d] * scale;
+            }
+            block_dot(S, TP, Q, KT + lo, DP, TP, n);
+            float inv[R];
+            for (int r = 0; r < R; r++) {
+                float *s = S + (size_t)r * TP;
+                if (r >= rows) { memset(s, 0, sizeof(float) * n); inv[r] = 0; continue; }
+                const int i = i0 + r, a = first_key(i, window) - lo, e = i - lo;  /* this row's keys: a..e */
+                float m = s[a];
+                for (int j = a + 1; j <= e; j++) m = s[j] > m ? s[j] : m;
+                float l = 0.0f;
+                for (int j = 0; j < n; j++) {
+                    s[j] = (j >= a && j <= e) ? exp_neg(s[j] - m) : 0.0f;
+                    l += s[j];
+                }
+                inv[r] = 1.0f / l;
+                lse[(size_t)bh * T + i] = m + logf(l);
+            }
+            block_reduce(O, S, TP, VT + lo, DP, TP, n);
+            for (int r = 0; r < rows; r++) {
+                float *yi = y + ((size_t)b * T + i0 + r) * C + h * D;
+                for (int d = 0; d < D; d++) yi[d] = O[r * DP + d] * inv[r];
+            }
+        }
+    }
+    free(buf);
+    return 0;
+}
+
+/* Flash-attention style: probabilities recomputed from the saved log-sum-exp; dS = P (dP - delta)
+   with delta = dy . y; dQ = dS K, dK = dS^T Q, dV = P^T dy (dK and dV accumulated per head). */
+static int backward_range(const float *qkv, const float *y, const float *dy, const float *lse, float *dqkv, int T,
+                          int H, int D, int window, float scale, int bh_begin, int bh_end) {
+    const int C = H * D, DP = D + (D & 1), TP = round8(T) + 8;
+    const size_t rs = (size_t)3 * C;
+    float *buf = calloc((size_t)4 * DP * TP + (size_t)2 * R * TP + 3 * R * DP, sizeof(float));
+    if (!buf) return -1;
+    float *KT = buf, *VT = KT + (size_t)DP * TP, *dKT = VT + (size_t)DP * TP, *dVT = dKT + (size_t)DP * TP;
+    float *P = dVT + (size_t)DP * TP, *dS = P + (size_t)R * TP, *Q = dS + (size_t)R * TP, *G = Q + R * DP;
+    float *O = G + R * DP;
+    for (int bh = bh_begin; bh < bh_end; bh++) {
+        const int b = bh / H, h = bh % H;
+        const float *base = qkv + (size_t)b * T * rs;
+        float *dbase = dqkv + (size_t)b * T * rs;
+        pack_kv(base, rs, C, h, D, DP, T, TP, KT, VT);
+        memset(dKT, 0, sizeof(float) * (size_t)2 * DP * TP);
+        for (int i0 = 0; i0 < T; i0 += R) {
+            const int rows = T - i0 < R ? T - i0 : R;
+            const int lo = first_key(i0, window), n = round8(i0 + rows - lo);
+            float delta[R];
+            for (int r = 0; r < R; r++) {
+                const int i = i0 + (r < rows ? r : rows - 1);
+                const float *qi = base + (size_t)i * rs + h * D;
+                const float *yi = y + ((size_t)b * T + i) * C + h * D, *gi = dy + ((size_t)b * T + i) * C + h * D;
+                delta[r] = 0.0f;
+                for (int d = 0; d < D; d++) {
+                    Q[r * DP + d] = qi[d] * scale;
+                    G[r * DP + d] = gi[d];
+                    delta[r] += gi[d] * yi[d];
+                }
+            }
+            block_dot(P, TP, Q, KT + lo, DP, TP, n);
+            block_dot(dS, TP, G, VT + lo, DP, TP, n);
+            for (int r = 0; r < R; r++) {
+                float *p = P + (size_t)r * TP, *ds = dS + (size_t)r * TP;
+                if (r >= rows) { memset(p, 0, sizeof(float) * n); memset(ds, 0, sizeof(float) * n); continue; }
+                const int i = i0 + r, a = first_key(i, window) - lo, e = i - lo;
+                const float li = lse[(size_t)bh * T + i];
+                for (int j = 0; j < n; j++) {
+                    p[j] = (j >= a && j <= e) ? exp_neg(p[j] - li) : 0.0f;
+                    ds[j] = p[j] * (ds[j] - delta[r]);
+                }
+            }
+            block_reduce(O, dS, TP, KT + lo, DP, TP, n);  /* dQ */
+            for (int r = 0; r < rows; r++) {
+                float *dqi = dbase + (size_t)(i0 + r) * rs + h * D;
+                for (int d = 0; d < D; d++) dqi[d] = O[r * DP + d] * scale;
+            }
+            block_outer(dKT + lo, TP, Q, dS, TP, DP, n);
+            block_outer(dVT + lo, TP, G, P, TP, DP, n);
+        }
+        for (int t = 0; t < T; t++) {
+            float *row = dbase + t * rs;
+            for (int d = 0; d < D; d++) {
+                row[C + h * D + d] = dKT[(size_t)d * TP + t];
+                row[2 * C + h * D + d] = dVT[(size_t)d * TP + t];
+            }
+        }
+    }
+    free(buf);
+    return 0;
+}
+#undef R
+
+/* Entry points: heads split evenly over `threads` OpenMP threads. The library is linked without
+   an OpenMP runtime of its own, so these use the one torch already loaded (same thread pool);
+   built without OpenMP, they run on the calling thread. Return 0, or -1 if out of memory. */
+int attention_forward(const float *qkv, float *y, float *lse, int B, int T, int H, int D, int window,
+                      float scale, int threads) {
+    int err = 0;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads > 0 ? threads : 1) reduction(| : err)
+    {
+        const int t = omp_get_thread_num(), n = omp_get_num_threads(), BH = B * H;
+        err |= forward_range(qkv, y, lse, T, H, D, window, scale, BH * t / n, BH * (t + 1) / n);
+    }
+#else
+    (void)threads;
+    err = forward_range(qkv, y, lse, T, H, D, window, scale, 0, B * H);
+#endif
+    return err;
+}
+
+int attention_backward(const float *qkv, const float *y, const float *dy, const float *lse, float *dqkv,
+                       int B, int T, int H, int D, int window, float scale, int threads) {
+    int err = 0;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads > 0 ? threads : 1) reduction(| : err)
+    {
+        const int t = omp_get_thread_num(), n = omp_get_num_threads(), BH = B * H;
+        err |= backward_range(qkv, y, dy, lse, dqkv, T, H, D, window, scale, BH * t / n, BH * (t + 1) / n);
+    }
+#else
+    (void)threads;
+    err = backward_range(qkv, y, dy, lse, dqkv, T, H, D, window, scale, 0, B * H);
+#endif
+    return err;
+}
+
+/* ------------------------------------------------------------------ skinny matrix products
+
+   y[m, n] = sum_k x[m, k] * W[n, k] (+ bias[n]) for a few rows x (generation: one token, or a
+   token and its drafts). Library GEMMs run such shapes on one core at a fraction of the memory
+   bandwidth, and their cost grows with the rows; this reads each weight row once, from all
+   threads, whatever the number of rows. Each output is the same dot product in the same order
+   whatever M is (odd rows are computed as a duplicated pair), so verifying drafts in one pass
+   gives exactly the logits of one-token passes. x: [M, K] rows ldx apart; y: [M, N] rows ldy apart. */
+
+/* Two rows of x against four weight rows: eight dot products in one pass over k. WT is the
+   weight type: float, or int8_t for the quantized copy that drafts tokens (scaled per row later). */
+#define DOT_PAIR4(NAME, WT)                                                                                     \
+    static inline void NAME(const float *restrict x0, const float *restrict x1, const WT *restrict w0,          \
+                            const WT *restrict w1, const WT *restrict w2, const WT *restrict w3, int K,         \
+                            float out[8]) {                                                                     \
+        float a0 = 0, a1 = 0, a2 = 0, a3 = 0, b0 = 0, b1 = 0, b2 = 0, b3 = 0;                                  \
+        for (int k = 0; k < K; k++) {                                                                           \
+            const float v0 = (float)w0[k], v1 = (float)w1[k], v2 = (float)w2[k], v3 = (float)w3[k];             \
+            a0 += x0[k] * v0; a1 += x0[k] * v1; a2 += x0[k] * v2; a3 += x0[k] * v3;                             \
+            b0 += x1[k] * v0; b1 += x1[k] * v1; b2 += x1[k] * v2; b3 += x1[k] * v3;                             \
+        }                                                                                                       \
+        out[0] = a0; out[1] = a1; out[2] = a2; out[3] = a3;                                                     \
+        out[4] = b0; out[5] = b1; out[6] = b2; out[7] = b3;                                                     \
+    }
+DOT_PAIR4(dot_pair4_f32, float)
+DOT_PAIR4(dot_pair4_i8, int8_t)
+
+/* Output rows [n0, n1) (n1 - n0 >= 4) of y = x W^T * scale + bias; scale may be NULL (= 1). */
+#define SKINNY_RANGE(NAME, WT, DOT)                                                                             \
+    static void NAME(const float *x, int ldx, const WT *W, const float *scale, const float *bias, float *y,      \
+                     int ldy, int M, int K, int n0, int n1) {                                                   \
+        float out[8];                                                                                           \
+        for (int n = n0; n < n1; n += 4) {                                                                      \
+            /* the last block re-reads rows below n1 rather than running a different loop */                   \
+            const int nb = n + 4 <= n1 ? n : n1 - 4;                                                            \
+            const WT *w0 = W + (size_t)nb * K, *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K;                        \
+            for (int m = 0; m < M; m += 2) {                                                                    \
+                const int m1 = m + 1 < M ? m + 1 : m;                                                           \
+                DOT(x + (size_t)m * ldx, x + (size_t)m1 * ldx, w0, w1, w2, w3, K, out);                          \
+                for (int r = 0; r < 4; r++) {                                                                   \
+                    const float s = scale ? scale[nb + r] : 1.0f, b = bias ? bias[nb + r] : 0.0f;               \
+                    y[(size_t)m * ldy + nb + r] = out[r] * s + b;                                               \
+                    y[(size_t)m1 * ldy + nb + r] = out[4 + r] * s + b;                                          \
+                }                                                                                               \
+            }                                                                                                   \
+        }                                                                                                       \
+    }
+SKINNY_RANGE(skinny_range_f32, float, dot_pair4_f32)
+SKINNY_RANGE(skinny_range_i8, int8_t, dot_pair4_i8)
+
+/* Whole blocks of 4 rows per thread; the N % 4 last rows go with the last thread's blocks. */
+#ifdef _OPENMP
+#define SKINNY_RUN(RANGE, W, SCALE)                                                                             \
+    const int blocks = N / 4;                                                                                   \
+    const int nt = threads < blocks ? (threads > 0 ? threads : 1) : blocks;                                     \
+    if (nt > 1) {                                                                                               \
+        _Pragma("omp parallel num_threads(nt)") {                                                               \
+            const int t = omp_get_thread_num(), n = omp_get_num_threads();                                     \
+            const int n0 = 4 * (blocks * t / n), n1 = t == n - 1 ? N : 4 * (blocks * (t + 1) / n);             \
+            RANGE(x, ldx, W, SCALE, bias, y, ldy, M, K, n0, n1);                                                \
+        }                                                                                                       \
+        return 0;                                                                                               \
+    }                                                                                                           \
+    RANGE(x, ldx, W, SCALE, bias, y, ldy, M, K, 0, N);                                                          \
+    return 0;
+#else
+#define SKINNY_RUN(RANGE, W, SCALE)                                                                             \
+    (void)threads;                                                                                              \
+    RANGE(x, ldx, W, SCALE, bias, y, ldy, M, K, 0, N);                                                          \
+    return 0;
+#endif
+
+/* y = x W^T + bias (bias may be NULL). Needs N >= 4. Returns 0. */
+int skinny_linear(const float *x, int ldx, const float *W, const float *bias, float *y, int ldy, int M, int K, int N,
+                  int threads) {
+    SKINNY_RUN(skinny_range_f32, W, (const float *)0)
+}
+
+/* y = (x Wq^T) * scale + bias with int8 weights and one fp32 scale per output row. */
+int skinny_linear_i8(const float *x, int ldx, const int8_t *Wq, const float *scale, const float *bias, float *y, int ldy,
+                     int M, int K, int N, int threads) {
+    SKINNY_RUN(skinny_range_i8, Wq, scale)
+}
+
+/* ------------------------------------------------------------------ one GPT-Neo block for decoding
+
+   The whole block for a few rows (one token per sequence, or a token and its drafts) in one
+   call: LayerNorm, q/k/v, the new keys and values into the cache, attention over the cache,
+   output projection, LayerNorm, GELU MLP, both residual adds. Per-op dispatch from Python
+   costs more than the arithmetic for the small models; this is the same arithmetic as
+   model.py's `forward`, in one pass over the block's weights. */
+
+typedef struct {
+    const float *ln1_w, *ln1_b, *ln2_w, *ln2_b;
+    const void *w_qkv, *w_out, *w_fc, *w_proj;          /* [3C, C], [C, C], [F, C], [C, F] */
+    const float *s_qkv, *s_out, *s_fc, *s_proj;         /* int8 row scales, or NULL for fp32 weights */
+    const float *b_out, *b_fc, *b_proj;
+} Block;
+
+static void layer_norm_rows(const float *x, float *y, int M, int C, const float *w, const float *b, float eps) {
+    for (int m = 0; m < M; m++) {
+        const float *xm = x + (size_t)m * C;
+        float *ym = y + (size_t)m * C;
+        float mean = 0.0f, var = 0.0f;
+        for (int c = 0; c < C; c++) mean += xm[c];
+        mean /= C;
+        for (int c = 0; c < C; c++) var += (xm[c] - mean) * (xm[c] - mean);
+        const float r = 1.0f / sqrtf(var / C + eps);
+        for (int c = 0; c < C; c++) ym[c] = (xm[c] - mean) * r * w[c] + b[c];
+    }
+}
+
+/* HF's gelu_new: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) */
+static inline float gelu_tanh(float x) {
+    const float u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
+    const float t = exp_neg(-2.0f * fabsf(u));
+    const float th = (1.0f - t) / (1.0f + t);
+    return 0.5f * x * (1.0f + (u < 0 ? -th : th));
+}
+
+/* this thread's share of y = x W^T (* scale) (+ bias): rows in blocks of 4, as skinny_linear splits them */
+static void linear_part(const float *x, int M, int K, const void *W, const float *scale, const float *bias, float *y,
+                        int N, int t, int nt) {
+    const int blocks = N / 4, n = nt < blocks ? nt : (blocks > 0 ? blocks : 1);
+    if (t >= n) return;
+    const int n0 = 4 * (blocks * t / n), n1 = t == n - 1 ? N : 4 * (blocks * (t + 1) / n);
+    if (scale) skinny_range_i8(x, K, (const int8_t *)W, scale, bias, y, N, M, K, n0, n1);
+    else skinny_range_f32(x, K, (const float *)W, NULL, bias, y, N, M, K, n0, n1);
+}
+
+/* x: [B*T, C] residual rows, updated in place. kc, vc: this layer's cache [B, H, S, D]; the T new
+   tokens of row b go to slots start..start+T-1. pad: NULL, or [B] left-padding slots per row. window: 0 =
+   global. work: floats for 3C + C + F + C per row plus S per thread (see decode_block_work). */
+int decode_block(float *x, int B, int T, int C, int H, int F, const Block *blk, float *kc, float *vc, int S,
+                 int start, int window, float scale, const int64_t *pad, float eps, float *work, int threads) {
+    const int M = B * T, D = C / H;
+    float *h = work, *qkv = h + (size_t)M * C, *att = qkv + (size_t)M * 3 * C, *f = att + (size_t)M * C;
+    float *scores = f + (size_t)M * F;
+    if (threads < 1) threads = 1;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads)
+#endif
+    {
+#ifdef _OPENMP
+        const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+#else
+        const int t = 0, nt = 1;
+#endif
+        float *s = scores + (size_t)t * S;
+        if (t == 0) layer_norm_rows(x, h, M, C, blk->ln1_w, blk->ln1_b, eps);
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+        linear_part(h, M, C, blk->w_qkv, blk->s_qkv, NULL, qkv, 3 * C, t, nt);
+#ifdef _OPENMP
+#pragma omp barrier
+#pragma omp for schedule(static)
+#endif
+        for (int r = 0; r < M; r++) {  /* new keys and values into the cache */
+            const int b = r / T, slot = start + r % T;
+            for (int hh = 0; hh < H; hh++) {
+                memcpy(kc + (((size_t)b * H + hh) * S + slot) * D, qkv + (size_t)r * 3 * C + C + hh * D, sizeof(float) * D);
+                memcpy(vc + (((size_t)b * H + hh) * S + slot) * D, qkv + (size_t)r * 3 * C + 2 * C + hh * D, sizeof(float) * D);
+            }
+        }
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (int job = 0; job < M * H; job++) {  /* attention: one (row, head) per job */
+            const int r = job / H, hh = job % H, b = r / T, i = start + r % T;
+            const int lo = window > 0 && i - window + 1 > 0 ? i - window + 1 : 0;
+            const int p = pad ? (int)pad[b] : 0;
+            const float *q = qkv + (size_t)r * 3 * C + hh * D;
+            const float *K = kc + ((size_t)b * H + hh) * S * D, *V = vc + ((size_t)b * H + hh) * S * D;
+            float m = -INFINITY;
+            for (int j = lo; j <= i; j++) {
+                float acc = 0.0f;
+                for (int d = 0; d < D; d++) acc += q[d] * K[(size_t)j * D + d];
+                /* a real token never sees padding; a padding query sees only itself */
+                s[j - lo] = (j < p && j != i) ? -INFINITY : acc * scale;
+                m = s[j - lo] > m ? s[j - lo] : m;
+            }
+            float l = 0.0f;
+            for (int j = 0; j <= i - lo; j++) {
+                s[j] = s[j] == -INFINITY ? 0.0f : exp_neg(s[j] - m);
+                l += s[j];
+            }
+            float *o = att + (size_t)r * C + hh * D;
+            for (int d = 0; d < D; d++) o[d] = 0.0f;
+            for (int j = lo; j <= i; j++) {
+                const float w = s[j - lo] / l;
+                for (int d = 0; d < D; d++) o[d] += w * V[(size_t)j * D + d];
+            }
+        }
+        /* the implicit barrier of `omp for` orders each stage after the previous one */
+        linear_part(att, M, C, blk->w_out, blk->s_out, blk->b_out, h, C, t, nt);
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+        if (t == 0) {
+            for (size_t k = 0; k < (size_t)M * C; k++) x[k] += h[k];
+            layer_norm_rows(x, h, M, C, blk->ln2_w, blk->ln2_b, eps);
+        }
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+        linear_part(h, M, C, blk->w_fc, blk->s_fc, blk->b_fc, f, F, t, nt);
+#ifdef _OPENMP
+#pragma omp barrier
+#pragma omp for schedule(static)
+#endif
+        for (size_t k = 0; k < (size_t)M * F; k++) f[k] = gelu_tanh(f[k]);
+        linear_part(f, M, F, blk->w_proj, blk->s_proj, blk->b_proj, h, C, t, nt);
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+        if (t == 0)
+            for (size_t k = 0; k < (size_t)M * C; k++) x[k] += h[k];
+    }
+    return 0;
+}
+
+/* floats of `work` that decode_block needs */
+long decode_block_work(int M, int C, int F, int S, int threads) {
+    return (long)M * (6 * C + F) + (long)S * (threads > 0 ? threads : 1);
+}

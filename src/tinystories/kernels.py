@@ -1,0 +1,312 @@
+"""CPU speed-ups that stay exact: a fused attention kernel for small heads, and a chunked
+lm_head + cross-entropy.
+
+Attention. GPT-Neo's small shapes have 16 heads of 4 or 16 numbers. A score costs a handful
+of multiply-adds and one exp, so library kernels (SDPA's flash-for-CPU) spend their time on
+tiny matrix products and on moving scores through memory. `csrc/kernels.c` keeps each
+query row's scores in L1, never touches masked keys (a local layer reads only its window),
+and recomputes probabilities in the backward pass from the saved log-sum-exp. It is built
+once per machine with the system C compiler (about a second; cached under
+~/.cache/tinystories/kernels) and runs on torch's own OpenMP threads. Without a compiler,
+or with TINYSTORIES_KERNELS=0, everything falls back to SDPA: same math, slower.
+
+Cross-entropy. The logits of a batch (8 x 512 tokens x 10K vocabulary, fp32) are 164 MB that
+log-softmax reads and writes several times. `lm_head_loss` computes the loss and its
+gradient a slice of rows at a time, while the slice is in cache, with the same three matrix
+products as the plain path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+# Heads up to this size use the kernel on a CPU. Measured against SDPA (fwd+bwd, batch 8 x 512,
+# 16 heads, 2 AVX2 cores): head size 4 is 4-6x faster, 16 1.6-1.9x, 48 1.3-1.5x, 96 1.3x.
+MAX_HEAD_DIM = 128
+_SOURCE = Path(__file__).with_name("csrc") / "kernels.c"
+_FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fassociative-math", "-fno-signed-zeros",
+          "-ffp-contract=fast", "-fPIC"]
+_lib = None
+_lib_tried = False
+_lock = threading.Lock()
+
+
+def enabled() -> bool:
+    return os.environ.get("TINYSTORIES_KERNELS", "1") != "0"
+
+
+def _cache_dir() -> Path:
+    env = os.environ.get("TINYSTORIES_CACHE")
+    base = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tinystories"
+    return base / "kernels"
+
+
+def _cpu_fingerprint() -> str:
+    # -march=native code must not run on another CPU that shares this cache directory
+    text = platform.machine() + platform.system()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("model name", "flags", "Features")):
+                text += line
+                if line.startswith(("flags", "Features")):
+                    break
+    except OSError:
+        text += platform.processor()
+    return text
+
+
+def _compile(out: Path) -> bool:
+    """Build the kernel library at `out`: with OpenMP if the compiler has it, native ISA if it can."""
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if cc is None:
+        return False
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        obj, lib = Path(tmp) / "attention.o", Path(tmp) / out.name
+        for arch in (["-march=native"], ["-mcpu=native"], []):
+            for omp in (["-fopenmp"], []):
+                # Compile with OpenMP but link without a runtime: GOMP_* then resolve to the
+                # runtime torch has loaded (libgomp, or libomp's GOMP_* entry points).
+                r = subprocess.run([cc, *_FLAGS, *arch, *omp, "-c", str(_SOURCE), "-o", str(obj)],
+                                   capture_output=True)
+                if r.returncode == 0 and subprocess.run(
+                        [cc, "-shared", str(obj), "-o", str(lib), "-lm"], capture_output=True).returncode == 0:
+                    os.replace(lib, out)
+                    return True
+    return False
+
+
+def _load():
+    global _lib, _lib_tried
+    if _lib_tried:
+        return _lib
+    with _lock:
+        if _lib_tried:
+            return _lib
+        try:
+            key = hashlib.sha256(_SOURCE.read_bytes() + " ".join(_FLAGS).encode() + _cpu_fingerprint().encode())
+            path = _cache_dir() / f"kernels-{key.hexdigest()[:16]}.so"
+            if path.is_file() or _compile(path):
+                lib = ctypes.CDLL(str(path))
+                P, I, Fl = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
+                lib.attention_forward.argtypes = [P, P, P, I, I, I, I, I, Fl, I]
+                lib.attention_backward.argtypes = [P, P, P, P, P, I, I, I, I, I, Fl, I]
+                lib.skinny_linear.argtypes = [P, I, P, P, P, I, I, I, I, I]
+                lib.skinny_linear_i8.argtypes = [P, I, P, P, P, P, I, I, I, I, I]
+                lib.decode_block.argtypes = [P, I, I, I, I, I, ctypes.POINTER(_Block), P, P, I, I, I, Fl, P, Fl, P, I]
+                lib.decode_block_work.argtypes = [I, I, I, I, I]
+                lib.decode_block_work.restype = ctypes.c_long
+                _lib = lib
+        except (OSError, subprocess.SubprocessError) as e:  # no compiler, no OpenMP runtime, read-only home...
+            print(f"tinystories: fused CPU attention unavailable ({e}); using SDPA", file=sys.stderr)
+        _lib_tried = True
+    return _lib
+
+
+def attention_available() -> bool:
+    return enabled() and _load() is not None
+
+
+def use_attention_kernel(x: torch.Tensor, head_dim: int, dropout: float) -> bool:
+    """Whether `fused_attention` should run for activations `x` (a CPU fp32 training/eval pass)."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and head_dim <= MAX_HEAD_DIM
+            and dropout == 0.0 and not torch.is_autocast_enabled("cpu") and attention_available())
+
+
+class _FusedAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, qkv: torch.Tensor, heads: int, window: int, scale: float):
+        B, T, C3 = qkv.shape
+        C = C3 // 3
+        qkv = qkv.contiguous()
+        y = qkv.new_empty(B, T, C)
+        lse = qkv.new_empty(B, heads, T)
+        err = _lib.attention_forward(qkv.data_ptr(), y.data_ptr(), lse.data_ptr(), B, T, heads, C // heads,
+                                     window, scale, torch.get_num_threads())
+        if err:
+            raise MemoryError("fused attention: out of memory")
+        ctx.save_for_backward(qkv, y, lse)
+        ctx.args = (heads, window, scale)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor):
+        qkv, y, lse = ctx.saved_tensors
+        heads, window, scale = ctx.args
+        B, T, C3 = qkv.shape
+        dy = dy.contiguous()
+        dqkv = torch.empty_like(qkv)
+        err = _lib.attention_backward(qkv.data_ptr(), y.data_ptr(), dy.data_ptr(), lse.data_ptr(), dqkv.data_ptr(),
+                                      B, T, heads, C3 // 3 // heads, window, scale, torch.get_num_threads())
+        if err:
+            raise MemoryError("fused attention: out of memory")
+        return dqkv, None, None, None
+
+
+def fused_attention(qkv: torch.Tensor, heads: int, window: int | None, scale: float) -> torch.Tensor:
+    """Causal self-attention of a fresh sequence: qkv [B, T, 3C] (q, k, v side by side, as the fused
+    projection writes them) -> [B, T, C], heads side by side. `window`: a query sees itself and the
+    window - 1 keys before it (None = all earlier keys). Same math as SDPA with that mask."""
+    return _FusedAttention.apply(qkv, heads, window or 0, float(scale))
+
+
+# ------------------------------------------------------------------------ generation's matrix products
+
+SKINNY_MAX_ROWS = 16  # beyond this many rows a library GEMM is as fast
+SKINNY_MIN_WEIGHTS = 1 << 16  # smaller matrices (the 1M model's) are as fast through the library
+
+
+class Int8Weight(NamedTuple):
+    """A weight matrix [N, K] as int8 with one scale per row: a quarter of the bytes, for drafting."""
+    q: torch.Tensor       # int8 [N, K]
+    scale: torch.Tensor   # fp32 [N]
+
+    @classmethod
+    def quantize(cls, w: torch.Tensor) -> "Int8Weight":
+        w = w.detach().float()
+        scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
+        return cls(torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous(), scale.contiguous())
+
+
+def linear(x: torch.Tensor, weight, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear for inference. A few rows on a CPU (decoding) go through `skinny_linear`: it streams
+    the weights once on every thread, at close to the memory bandwidth, and gives each row the
+    same result whatever the number of rows (so that verifying drafts agrees with one-token steps).
+    `weight` may be an `Int8Weight` (drafts only: approximate)."""
+    rows = x.numel() // x.size(-1) if x.dim() else 0
+    if isinstance(weight, Int8Weight):
+        q, scale = weight
+        x2 = x.reshape(rows, x.size(-1)).contiguous()
+        N, K = q.shape
+        if rows > SKINNY_MAX_ROWS or N < 4 or x.dtype != torch.float32 or not attention_available():
+            return F.linear(x, q.float() * scale[:, None], bias)
+        y = x.new_empty(rows, N)
+        _lib.skinny_linear_i8(x2.data_ptr(), K, q.data_ptr(), scale.data_ptr(),
+                              bias.data_ptr() if bias is not None else None, y.data_ptr(), N, rows, K, N,
+                              torch.get_num_threads())
+        return y.view(*x.shape[:-1], N)
+    if (rows > SKINNY_MAX_ROWS or weight.numel() < SKINNY_MIN_WEIGHTS or x.device.type != "cpu"
+            or x.dtype != torch.float32 or weight.dtype != torch.float32 or not attention_available()):
+        return F.linear(x, weight, bias)
+    x2 = x.reshape(rows, x.size(-1))
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    weight = weight if weight.is_contiguous() else weight.contiguous()
+    N, K = weight.shape
+    y = x.new_empty(rows, N)
+    _lib.skinny_linear(x2.data_ptr(), x2.stride(0), weight.data_ptr(), bias.data_ptr() if bias is not None else None,
+                       y.data_ptr(), N, rows, K, N, torch.get_num_threads())
+    return y.view(*x.shape[:-1], N)
+
+
+# ------------------------------------------------------------------------ a whole block, for decoding
+
+BLOCK_MIN_PARALLEL = 1 << 18  # weights (elements) of a block below which decode_block runs on one thread
+
+
+class _Block(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_void_p) for name in (
+        "ln1_w", "ln1_b", "ln2_w", "ln2_b", "w_qkv", "w_out", "w_fc", "w_proj",
+        "s_qkv", "s_out", "s_fc", "s_proj", "b_out", "b_fc", "b_proj")]
+
+
+def block_struct(ln1_w, ln1_b, w_qkv, w_out, b_out, ln2_w, ln2_b, w_fc, b_fc, w_proj, b_proj) -> "_Block | None":
+    """The C view of one GPT-Neo block's weights (fp32 tensors or Int8Weight), for `decode_block`;
+    None when the kernels are unavailable or a tensor is not a contiguous CPU fp32 one. The
+    caller keeps the tensors alive (decode_weights' list holds them)."""
+    if not attention_available():
+        return None
+
+    def ptr(t):
+        ok = t.device.type == "cpu" and t.is_contiguous() and t.dtype in (torch.float32, torch.int8)
+        return t.data_ptr() if ok else None
+
+    mats = [w_qkv, w_out, w_fc, w_proj]
+    q8 = isinstance(w_qkv, Int8Weight)
+    ptrs = dict(ln1_w=ptr(ln1_w), ln1_b=ptr(ln1_b), ln2_w=ptr(ln2_w), ln2_b=ptr(ln2_b),
+                w_qkv=ptr(mats[0][0] if q8 else mats[0]), w_out=ptr(mats[1][0] if q8 else mats[1]),
+                w_fc=ptr(mats[2][0] if q8 else mats[2]), w_proj=ptr(mats[3][0] if q8 else mats[3]),
+                b_out=ptr(b_out), b_fc=ptr(b_fc), b_proj=ptr(b_proj))
+    if any(v is None for v in ptrs.values()) or any(t.dtype != torch.float32 for t in (ln1_w, b_out, b_fc)):
+        return None
+    if q8:
+        ptrs.update(s_qkv=ptr(w_qkv.scale), s_out=ptr(w_out.scale), s_fc=ptr(w_fc.scale), s_proj=ptr(w_proj.scale))
+    return _Block(**ptrs)
+
+
+def decode_block(x: torch.Tensor, blk: _Block, heads: int, mlp: int, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                 start: int, window: int | None, scale: float, pad: torch.Tensor | None, eps: float) -> None:
+    """One block over x [B, T, C] (updated in place) at cache slots start..start+T-1: the same
+    arithmetic as the block's `forward` with a KV cache, in one call."""
+    B, T, C = x.shape
+    S = k_cache.size(2)
+    # a small block is done before a second thread has woken up
+    threads = torch.get_num_threads() if C * (4 * C + 2 * mlp) >= BLOCK_MIN_PARALLEL else 1
+    work = torch.empty(_lib.decode_block_work(B * T, C, mlp, S, threads))
+    _lib.decode_block(x.data_ptr(), B, T, C, heads, mlp, ctypes.byref(blk), k_cache.data_ptr(), v_cache.data_ptr(),
+                      S, start, window or 0, scale, pad.data_ptr() if pad is not None else None, eps,
+                      work.data_ptr(), threads)
+
+
+# ------------------------------------------------------------------------ lm_head + cross-entropy
+
+def _lm_head_loss(x, weight, targets, rows: int, grads: bool):
+    """(mean loss, dx, dweight) computed a slice of rows at a time; no gradients unless `grads`."""
+    count = int((targets != -1).sum())
+    dx = torch.empty_like(x) if grads else None
+    dw = torch.zeros_like(weight) if grads else None
+    total = torch.zeros((), dtype=torch.float64)
+    for s in range(0, x.size(0), rows):
+        xs, ts = x[s:s + rows], targets[s:s + rows]
+        logits = xs @ weight.t()                          # [rows, V]: stays in cache
+        lse = torch.logsumexp(logits, dim=-1)
+        keep = ts != -1
+        safe = ts.clamp(min=0)
+        total += ((lse - logits.gather(1, safe[:, None])[:, 0]) * keep).sum(dtype=torch.float64)
+        if grads:  # d loss / d logits = (softmax - onehot) / count; zero for ignored rows
+            grad = logits.sub_(lse[:, None]).exp_()
+            grad.scatter_add_(1, safe[:, None], -keep[:, None].to(grad.dtype))
+            grad.mul_((keep.to(grad.dtype) / max(count, 1))[:, None])
+            torch.mm(grad, weight, out=dx[s:s + rows])
+            dw.addmm_(grad.t(), xs)
+    loss = (total / count).to(x.dtype) if count else x.new_tensor(float("nan"))
+    return loss, dx, dw
+
+
+class _LMHeadLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, rows: int):
+        loss, dx, dw = _lm_head_loss(x, weight, targets, rows, grads=True)
+        ctx.save_for_backward(dx, dw)
+        return loss
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        dx, dw = ctx.saved_tensors
+        return dx * g, dw * g, None, None
+
+
+def use_chunked_loss(x: torch.Tensor) -> bool:
+    return x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+
+
+def lm_head_loss(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, rows: int = 256) -> torch.Tensor:
+    """Mean cross-entropy of logits x @ weight.T against targets (-1 = ignored), without
+    materialising all the logits: x [N, C], weight [V, C], targets [N]. Equals
+    F.cross_entropy(x @ weight.T, targets, ignore_index=-1) up to float rounding."""
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return _LMHeadLoss.apply(x, weight, targets, rows)
+    return _lm_head_loss(x, weight, targets, rows, grads=False)[0]

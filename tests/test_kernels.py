@@ -1,0 +1,188 @@
+"""The CPU speed paths (issue 8) compute what the plain PyTorch paths compute.
+
+Fused attention (forward and backward) against SDPA with the same causal / sliding-window mask,
+on sequences longer than the 256-token window; the chunked lm_head + cross-entropy against
+F.cross_entropy, gradients included; the skinny matrix product (fp32 and int8) against F.linear
+and independent of how many rows it gets; the fused decode block against the per-op decode;
+speculative greedy decoding with int8 drafts against one token per pass. No timings here:
+speed is benchmarks/run.py's job.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tinystories import kernels
+from tinystories.config import ModelConfig
+from tinystories.generate import generate
+from tinystories.model import GPTNeo
+from tinystories.tokenizer import train_bpe
+from conftest import TRAIN_TXT
+
+pytestmark = pytest.mark.skipif(not kernels.attention_available(),
+                                reason="no C compiler: the kernels fall back to PyTorch (tested elsewhere)")
+
+
+def _reference_attention(qkv, heads, window, scale):
+    B, T, C3 = qkv.shape
+    C = C3 // 3
+    q, k, v = qkv.view(B, T, 3, heads, C // heads).permute(2, 0, 3, 1, 4)
+    i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
+    mask = (j <= i) & ((j > i - window) if window else True)
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    return y.transpose(1, 2).reshape(B, T, C)
+
+
+@pytest.mark.parametrize("head_dim,window,scale", [(4, 256, 1.0), (16, None, 1.0), (3, 100, 0.5), (48, 256, 1.0)])
+def test_fused_attention_equals_sdpa_with_gradients(head_dim, window, scale):
+    torch.manual_seed(0)
+    B, T, H = 2, 301, 3  # T > window, not a multiple of the kernel's 4-row or 8-key blocks
+    qkv = torch.randn(B, T, 3 * H * head_dim, requires_grad=True)
+    g = torch.randn(B, T, H * head_dim)
+    ref = _reference_attention(qkv, H, window, scale)
+    (ref_grad,) = torch.autograd.grad(ref, qkv, g)
+    out = kernels.fused_attention(qkv, H, window, scale)
+    (grad,) = torch.autograd.grad(out, qkv, g)
+    assert (out - ref).abs().max() < 1e-5
+    assert (grad - ref_grad).abs().max() < 1e-4 * max(1.0, ref_grad.abs().max().item())
+    # a query beyond the window does not see the key it must not see
+    if window:
+        probe = qkv.detach().clone()
+        probe[:, 0, 2 * H * head_dim:] += 100.0  # value of token 0
+        moved = kernels.fused_attention(probe, H, window, scale) - out.detach()
+        assert moved[:, window:].abs().max() == 0 and moved[:, 0].abs().max() > 1
+
+
+def test_lm_head_loss_equals_cross_entropy_with_gradients():
+    torch.manual_seed(1)
+    x = torch.randn(700, 32, requires_grad=True)
+    w = torch.randn(500, 32, requires_grad=True)
+    targets = torch.randint(0, 500, (700,))
+    targets[::7] = -1  # ignored positions
+    ref = F.cross_entropy(x @ w.t(), targets, ignore_index=-1)
+    rgx, rgw = torch.autograd.grad(ref * 3.0, (x, w))
+    loss = kernels.lm_head_loss(x, w, targets, rows=128)  # 700 = 5 full slices and a partial one
+    gx, gw = torch.autograd.grad(loss * 3.0, (x, w))
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
+    assert torch.allclose(gx, rgx, atol=1e-6) and torch.allclose(gw, rgw, atol=1e-5)
+    with torch.no_grad():
+        assert kernels.lm_head_loss(x, w, targets).item() == pytest.approx(ref.item(), rel=1e-6)
+
+
+def test_model_loss_and_gradients_with_and_without_kernels(monkeypatch):
+    cfg = ModelConfig(vocab_size=300, context=320, hidden=32, layers=2, heads=8, window=256)
+    torch.manual_seed(2)
+    model = GPTNeo(cfg)
+    idx = torch.randint(0, 300, (2, 300))
+    tgt = torch.randint(0, 300, (2, 300))
+    grads = {}
+    for flag in ("1", "0"):
+        monkeypatch.setenv("TINYSTORIES_KERNELS", flag)
+        model.zero_grad()
+        loss = model(idx, tgt)
+        loss.backward()
+        grads[flag] = (loss.item(), [p.grad.clone() for p in model.parameters()])
+    assert grads["1"][0] == pytest.approx(grads["0"][0], rel=1e-6)
+    for a, b in zip(grads["1"][1], grads["0"][1]):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
+
+
+def test_skinny_linear_matches_and_does_not_depend_on_the_rows():
+    torch.manual_seed(3)
+    w, b = torch.randn(1003, 257), torch.randn(1003)  # sizes off the kernel's blocks of 4 rows
+    x = torch.randn(7, 257)
+    y = kernels.linear(x, w, b)
+    assert torch.allclose(y, F.linear(x, w, b), atol=1e-4)
+    for m in range(1, 8):  # verifying drafts must give exactly what one-token steps give
+        assert torch.equal(kernels.linear(x[:m], w, b), y[:m])
+    q = kernels.Int8Weight.quantize(w)
+    deq = q.q.float() * q.scale[:, None]
+    assert (deq - w).abs().max() <= q.scale.max() / 2 + 1e-6
+    assert torch.allclose(kernels.linear(x, q, b), F.linear(x, deq, b), atol=1e-3)
+
+
+@pytest.mark.parametrize("window", [256, 16])
+def test_fused_decode_block_equals_per_op_decode(window):
+    cfg = ModelConfig(vocab_size=300, context=320, hidden=64, layers=2, heads=4, window=window)
+    torch.manual_seed(4)
+    model = GPTNeo(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    fused = model.decode_weights()
+    assert all(layer[-1] is not None for layer in fused[5])
+    plain = [*fused[:5], [layer[:-1] + (None,) for layer in fused[5]]]
+    ids = torch.randint(0, 300, (3, 310))
+    pad = torch.tensor([0, 3, 30])
+    caches = [model.new_cache(3, 320), model.new_cache(3, 320)]
+    with torch.inference_mode():
+        for c, w in zip(caches, (fused, plain)):  # prefill (many rows: per-op either way)
+            model.decode(ids[:, :280], c, 0, pad=pad, weights=w)
+        for s in range(280, 310, 3):  # 3 rows x 3 tokens: fused
+            a = model.decode(ids[:, s:s + 3], caches[0], s, pad=pad, weights=fused, last_only=False)
+            b = model.decode(ids[:, s:s + 3], caches[1], s, pad=pad, weights=plain, last_only=False)
+            assert (a - b).abs().max() < 1e-4
+        full = model(ids[:1, :310])  # row 0 has no padding: the full forward pass agrees
+    assert (a[0] - full[0, -3:]).abs().max() < 1e-4
+    for k1, k2 in zip(caches[0].k, caches[1].k):
+        assert (k1[:, :, :310] - k2[:, :, :310]).abs().max() < 1e-4
+
+
+def test_int8_drafts_give_exactly_the_greedy_output():
+    stories = [s for s in TRAIN_TXT.read_text(encoding="utf-8").split("<|endoftext|>") if s.strip()][:300]
+    tok = train_bpe(stories, 400)
+    data = torch.tensor([i for ids in tok.encode_batch(stories) for i in ids + [tok.eot_id]])
+    cfg = ModelConfig(vocab_size=400, context=256, hidden=64, layers=2, heads=4, window=64)
+    torch.manual_seed(5)
+    model = GPTNeo(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(30):  # a few seconds: enough for the drafts to be right often, and wrong sometimes
+        ix = torch.randint(0, len(data) - 129, (8,), generator=g)
+        loss = model(torch.stack([data[i:i + 128] for i in ix]), torch.stack([data[i + 1:i + 129] for i in ix]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    prompts = ["Once upon a time, there was a little girl named Lily. She", "Tom had a big red ball."]
+    for p in prompts:
+        plain = generate(model, tok, [p], max_new_tokens=120, temperature=0, lookup=0, draft="off")[0][0]
+        drafted = generate(model, tok, [p], max_new_tokens=120, temperature=0, lookup=0, draft="on")[0][0]
+        both = generate(model, tok, [p], max_new_tokens=120, temperature=0, draft="on")[0][0]
+        assert drafted.tokens == plain.tokens and both.tokens == plain.tokens
+        assert drafted.finish_reason == plain.finish_reason
+
+
+def test_kernels_build_in_a_fresh_cache_and_can_be_turned_off(tmp_path, monkeypatch):
+    if shutil.which(os.environ.get("CC", "cc")) is None:
+        pytest.skip("no C compiler")
+    out = tmp_path / "k.so"
+    assert kernels._compile(out) and out.stat().st_size > 0
+    monkeypatch.setenv("TINYSTORIES_KERNELS", "0")
+    assert not kernels.attention_available()
+    x = torch.randn(2, 5, 3 * 16)
+    assert not kernels.use_attention_kernel(x, 4, 0.0)
+
+
+def test_static_decode_for_cuda_graphs_equals_decode():
+    """The pass CUDA graphs capture (slot as a tensor, whole-cache attention under a mask) is the
+    same arithmetic as `decode`; checked here on the CPU, since the capture itself needs a GPU."""
+    cfg = ModelConfig(vocab_size=300, context=300, hidden=32, layers=2, heads=4, window=16)
+    torch.manual_seed(6)
+    model = GPTNeo(cfg).eval()
+    w = model.decode_weights()
+    ids = torch.randint(0, 300, (2, 60))
+    for pad in (None, torch.tensor([0, 7])):
+        c1, c2 = model.new_cache(2, 64), model.new_cache(2, 64)
+        with torch.inference_mode():
+            model.decode(ids[:, :40], c1, 0, pad=pad, weights=w)
+            model.decode(ids[:, :40], c2, 0, pad=pad, weights=w)
+            for n in range(40, 60):
+                a = model.decode(ids[:, n:n + 1], c1, n, pad=pad, weights=w)
+                b = model.decode_static(ids[:, n:n + 1], c2, torch.tensor(n), pad, w)
+                assert (a - b).abs().max() < 1e-5
