@@ -219,7 +219,7 @@ def machine() -> str:
                 break
     import torch
 
-    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    return f"{cpu} ({os.cpu_count()} cores), {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
 def git_commit() -> str:
@@ -322,6 +322,20 @@ def write_table(res: Results, path: Path) -> Table:
     return table
 
 
+def scaling_fit(best: dict[float, dict]) -> tuple[float, int, float] | None:
+    """Slopes of log(parameters) and log(tokens) against log(FLOPs) over the budgets' best runs."""
+    rs = list(best.values())
+    if len(rs) < 3:
+        return None
+
+    def slope(ys):
+        xs = [math.log(r["flops"]) for r in rs]
+        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+        return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+
+    return slope([math.log(r["params"]) for r in rs]), len(rs), slope([math.log(r["tokens"]) for r in rs])
+
+
 def modern_verdict(res: Results) -> list[tuple[float, float, float]]:
     """(budget, GPT-Neo bpb, modern bpb) for every budget where the leader ran with both blocks."""
     out = []
@@ -357,6 +371,11 @@ def write_markdown(res: Results, table: Table, path: Path) -> None:
                      f"{row.hidden} x {row.layers}, {row.heads} heads of {row.hidden // row.heads} | "
                      f"{r.get('params', 0) / 1e6:.2f}M | {row.lr:g} | {row.batch_size} x {row.context} | "
                      f"{(row.tokens or 0) / 1e6:.2f}M | {r.get('epochs', 0):.1f} | {row.bpb:.3f} |")
+    fit = scaling_fit(best)
+    if fit:
+        lines += ["", f"The best model's size grows with compute as about compute^{fit[0]:.2f} (least squares on the "
+                      f"{fit[1]} budgets, parameters including the embedding), and its training tokens as "
+                      f"compute^{fit[2]:.2f}: the paper's section 6 polynomial law, at this tiny scale."]
     mv = modern_verdict(res)
     if mv:
         lines += ["", "GPT-Neo block against the modern block (rope + RMSNorm + SwiGLU), the same recipe otherwise:", "",
@@ -496,10 +515,11 @@ def main(argv: list[str] | None = None) -> int:
             run_one(res, spec, b, args.work, args.eval_tokens)
         if todo and not args.dry_run:
             run_probe(res, 5.0)  # the machine's speed between stages: drift or a busy neighbour shows here
-            report(res, args.table)
+            with contextlib.redirect_stdout(sys.stderr):
+                report(res, args.table)
         if args.dry_run and todo:
             break  # later stages depend on these results
-    if not args.dry_run:
+    if not args.dry_run and res.runs():
         report(res, args.table)
     return 0
 
