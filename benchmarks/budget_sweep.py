@@ -242,12 +242,14 @@ def run_probe(res: Results, seconds: float = 10.0) -> None:
 def run_one(res: Results, spec: Spec, budget_s: float, work: Path, eval_tokens: int | None = None) -> None:
     import torch
 
-    from tinystories.budget import measure_speed
+    from tinystories.budget import measure_speed, probe
     from tinystories.train import TrainConfig, TrainingDiverged, train
 
     key = spec.key(budget_s)
     data = data_dir(work, spec.vocab)
     mcfg = spec.model_config()
+    # the machine's speed right now (a shared machine drifts): this run's budget in compute
+    ref = probe(3.0)
     tps, _ = measure_speed(mcfg, spec.batch_size, spec.context, 3.0)
     steps = tps * budget_s / (spec.batch_size * spec.context)
     cfg = TrainConfig(data=str(data), out=str(work / "runs" / key), preset="1M", model=spec.model(),
@@ -258,7 +260,8 @@ def run_one(res: Results, spec: Spec, budget_s: float, work: Path, eval_tokens: 
     load0, t0 = os.getloadavg()[0], time.time()
     rec = {"kind": "run", "key": key, "budget_s": budget_s, **dataclasses.asdict(spec), "heads": spec.heads,
            "params": sum(p for p in _params(mcfg).values()), "flops_per_token": train_flops_per_token(mcfg),
-           "measured_tokens_per_s": round(tps, 1), "warmup_steps": cfg.warmup_steps}
+           "measured_tokens_per_s": round(tps, 1), "warmup_steps": cfg.warmup_steps,
+           "probe_flops_per_s": ref.flops_per_s, "compute": budget_s * ref.flops_per_s}
     try:
         s = train(cfg, force=True)
     except TrainingDiverged as e:
@@ -308,7 +311,7 @@ def write_table(res: Results, path: Path) -> Table:
     rows = []
     for b, r in best_per_budget(res).items():
         tried = len({rr["key"] for rr in res.runs(b)})
-        rows.append(Row(budget_s=b, compute=b * flops, hidden=r["hidden"], layers=r["layers"], heads=r["heads"],
+        rows.append(Row(budget_s=b, compute=r.get("compute", b * flops), hidden=r["hidden"], layers=r["layers"], heads=r["heads"],
                         context=r["context"], batch_size=r["batch_size"], lr=r["lr"], warmup_frac=r["warmup_frac"],
                         weight_decay=r["weight_decay"], dropout=r["dropout"], bpb=round(r["bpb"], 4),
                         tokens=r["tokens"], tokens_per_s=r["tokens_per_s"], tried=tried))
@@ -317,7 +320,7 @@ def write_table(res: Results, path: Path) -> Table:
                   metric=f"bits per byte on all of {VALID_FILE} (3,110 stories)",
                   notes=[f"written by benchmarks/budget_sweep.py from {len(res.runs())} runs",
                          f"training data: {', '.join(TRAIN_FILES)}; BPE vocab {DEFAULT_VOCAB}",
-                         "compute = budget seconds x the reference model's training FLOP/s on the sweep machine"])
+                         "compute = budget seconds x the reference model's training FLOP/s, probed just before the run"])
     atomic_write_json(path, table.to_dict())
     return table
 

@@ -297,8 +297,9 @@ def plan(cfg, data, device, *, table: Table | None = None, say: Callable[[str], 
     mcfg_sweep = row.model_config(table.vocab_size)
     mcfg_here = row.model_config(data.vocab_size)
     speed = pr.flops_per_s / table.probe_flops_per_s
-    ref_tps = row.tokens_per_s or (table.probe_flops_per_s * 0.5 / train_flops_per_token(mcfg_sweep))
-    tps = ref_tps * speed * train_flops_per_token(mcfg_sweep) / train_flops_per_token(mcfg_here)
+    row_flops = row.compute / row.budget_s  # the probe's FLOP/s when the sweep ran this row
+    ref_tps = row.tokens_per_s or (row_flops * 0.5 / train_flops_per_token(mcfg_sweep))
+    tps = ref_tps * (pr.flops_per_s / row_flops) * train_flops_per_token(mcfg_sweep) / train_flops_per_token(mcfg_here)
 
     user_model = dict(cfg.model)
     user = {k for k in _PICKED_TRAIN if getattr(cfg, k) != getattr(defaults, k)}
