@@ -182,21 +182,26 @@ def stages(res: Results, budgets: list[float], keep: list[int], shapes=SHAPES):
         ranked = res.best_shapes(prev, len(SHAPES))
         chosen = ranked[:k]
         if ranked:
-            params = lambda s: s.model_config().hidden ** 2 * s.layers  # noqa: E731 (bigger = more non-embedding weights)
-            bigger = [s for s in ranked[1:] if params(s) > params(ranked[0])]
+            size = lambda s: s.hidden ** 2 * s.layers  # noqa: E731 (non-embedding weights, up to a constant)
+            bigger = [s for s in ranked[1:] if size(s) > size(ranked[0])]
             if bigger and bigger[0] not in chosen:
                 chosen.append(bigger[0])
-            chosen.append(ranked[0].with_(lr=round(ranked[0].lr * 0.5, 6)))
+            if k >= 3:
+                chosen.append(ranked[0].with_(lr=round(ranked[0].lr * 0.5, 6)))
         yield f"rung {format_duration(b)}", [(s, b) for s in chosen]
         lead = res.best_shapes(b, 1)
         yield f"modern block at {format_duration(b)}", [(lead[0].with_(block="modern"), b)] if lead else []
-        if b == 600 and lead:
-            s = lead[0]
-            yield "variants at 10m", [(s.with_(vocab=4096), b), (s.with_(vocab=2048), b),
-                                      (s.with_(batch_size=2 * s.batch_size), b),
-                                      (s.with_(context=512, batch_size=max(1, s.batch_size // 2)), b)]
-        if b == budgets[-1] and lead:
-            yield f"dropout at {format_duration(b)}", [(lead[0].with_(dropout=0.1), b)]
+        if not lead:
+            continue
+        s = lead[0]
+        if i == 1:  # batch and context, around the second budget's leader
+            yield f"batch and context at {format_duration(b)}", [
+                (s.with_(batch_size=2 * s.batch_size), b), (s.with_(batch_size=max(1, s.batch_size // 2)), b),
+                (s.with_(context=512, batch_size=max(1, s.batch_size // 2)), b)]
+        if b == 600:  # the budget: does another prepare default vocabulary do better?
+            yield "vocabularies at 10m", [(s.with_(vocab=4096), b), (s.with_(vocab=2048), b)]
+        if b == budgets[-1]:
+            yield f"dropout at {format_duration(b)}", [(s.with_(dropout=0.1), b)]
 
 
 # ===================================================================== running
