@@ -313,22 +313,36 @@ def probe_flops(res: Results) -> float:
     return vals[len(vals) // 2]
 
 
+def efficiency(res: Results, spec: Spec) -> float:
+    """A model's training FLOP/s relative to the reference model's: the median over every run of its
+    shape, batch and context of (its speed x its FLOPs per token) / the probe taken just before it."""
+    def same(r):
+        t = spec_of(r)
+        return (t.shape(), t.batch_size, t.context, t.block, t.vocab) == \
+            (spec.shape(), spec.batch_size, spec.context, spec.block, spec.vocab)
+
+    vals = sorted(r["measured_tokens_per_s"] * r["flops_per_token"] / r["probe_flops_per_s"]
+                  for r in res.runs() if same(r) and r.get("probe_flops_per_s"))
+    return round(vals[len(vals) // 2], 4) if vals else 1.0
+
+
 def write_table(res: Results, path: Path) -> Table:
-    """The budget table: the best GPT-Neo recipe at each budget, keyed by the compute it had here."""
-    flops = probe_flops(res)
+    """The budget table: the best GPT-Neo recipe at each budget, with the FLOPs its run really trained."""
     rows = []
     for b, r in best_per_budget(res).items():
         tried = len({rr["key"] for rr in res.runs(b)})
-        rows.append(Row(budget_s=b, compute=r.get("compute", b * flops), hidden=r["hidden"], layers=r["layers"], heads=r["heads"],
+        rows.append(Row(budget_s=b, compute=r["flops"], hidden=r["hidden"], layers=r["layers"], heads=r["heads"],
                         context=r["context"], batch_size=r["batch_size"], lr=r["lr"], warmup_frac=r["warmup_frac"],
                         weight_decay=r["weight_decay"], dropout=r["dropout"], bpb=round(r["bpb"], 4),
-                        tokens=r["tokens"], tokens_per_s=r["tokens_per_s"], tried=tried))
+                        tokens=r["tokens"], tokens_per_s=r["tokens_per_s"], tried=tried,
+                        efficiency=efficiency(res, spec_of(r))))
     probes = res.probes()
-    table = Table(vocab_size=DEFAULT_VOCAB, probe_flops_per_s=flops, machine=probes[0]["machine"], rows=rows,
-                  metric=f"bits per byte on the first {EVAL_TOKENS:,} tokens of {VALID_FILE}",
+    table = Table(vocab_size=DEFAULT_VOCAB, probe_flops_per_s=probe_flops(res), machine=probes[0]["machine"],
+                  rows=rows, metric=f"bits per byte on the first {EVAL_TOKENS:,} tokens of {VALID_FILE}",
                   notes=[f"written by benchmarks/budget_sweep.py from {len(res.runs())} runs",
                          f"training data: {', '.join(TRAIN_FILES)}; BPE vocab {DEFAULT_VOCAB}",
-                         "compute = budget seconds x the reference model's training FLOP/s, probed just before the run"])
+                         "compute = the FLOPs the winning run trained (6 x weights + attention, per token, x tokens); "
+                         "efficiency = that model's FLOP/s over the reference model's, measured back to back"])
     atomic_write_json(path, table.to_dict())
     return table
 
@@ -373,7 +387,7 @@ def write_markdown(res: Results, table: Table, path: Path) -> None:
     lines = [f"Machine: {table.machine}. Reference probe: {table.probe_flops_per_s / 1e9:.1f} GFLOP/s "
              f"({REFERENCE['hidden']}x{REFERENCE['layers']}, batch {REFERENCE['batch_size']} x {REFERENCE['context']}).",
              f"Metric: {table.metric}. Training data: the three shared training files, BPE {DEFAULT_VOCAB}.", "",
-             "| budget | compute (TFLOP) | recipes run | best shape | params | lr | batch | tokens | epochs | bits/byte |",
+             "| budget | training FLOPs (T) | recipes run | best shape | params | lr | batch | tokens | epochs | bits/byte |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     best = best_per_budget(res)
     for row in table.rows:

@@ -3,12 +3,15 @@
     cfg, choice = plan(TrainConfig(data="data/ts", out="runs/10m", max_time=600), data, device)
 
 `benchmarks/budget_sweep.py` trained a grid of shapes and learning rates for 2, 5, 10 and 30 minutes on
-one machine and shipped, for each budget, the best recipe it found (resources/budget_table.json).
-A budget in seconds means nothing on another machine, so the table is keyed on compute instead:
-a short probe trains a fixed reference model here and measures its FLOP/s; budget x FLOP/s is the
-compute this machine has, in the same unit the sweep measured its own budgets in. The recipe is the
-row nearest in (log) compute. Twice the speed (a faster machine, or faster code) thus picks what the
-sweep found best for twice the time, and the rule carries over without re-running the sweep.
+one machine and shipped, for each budget, the best recipe it found and the training FLOPs its run
+actually got (resources/budget_table.json). A budget in seconds means nothing on another machine, so
+the rule is keyed on compute: a short probe trains a fixed reference model here and measures its
+FLOP/s; with each row's speed relative to that reference (measured by the sweep), the probe says how
+many FLOPs (tokens) the row's model would get here in the time left. The row whose model would get
+nearest (in log) to what it got in the sweep wins. Twice the speed (a faster machine, faster code)
+thus picks what the sweep found best for twice the compute, and the rule carries over without
+re-running the sweep. Keying on the FLOPs each run really trained also keeps the table honest when
+the sweep machine was busy: a slowed run is simply a run with less compute.
 
 The probe counts against the budget: training gets what is left, and the learning-rate schedule
 (cosine on the clock, see `train.lr_at`) ends at the deadline. The final validation and samples come
@@ -146,7 +149,7 @@ def probe(seconds: float, device=None, precision: str = "fp32", vocab_size: int 
 class Row:
     """The best recipe the sweep found for one budget, and what it got."""
     budget_s: float
-    compute: float                 # reference-model FLOPs the sweep machine had in budget_s
+    compute: float                 # training FLOPs the winning run got (train_flops_per_token x tokens)
     hidden: int
     layers: int
     heads: int
@@ -163,6 +166,7 @@ class Row:
     tokens: int | None = None      # tokens the winning run trained on
     tokens_per_s: float | None = None
     tried: int | None = None       # recipes the sweep ran at this budget
+    efficiency: float = 1.0        # this model's training FLOP/s / the reference model's, on the sweep machine
 
     def model_config(self, vocab_size: int) -> ModelConfig:
         return ModelConfig(vocab_size=vocab_size, context=self.context, hidden=self.hidden, layers=self.layers,
@@ -220,20 +224,25 @@ class Table:
         except (ValueError, TypeError, KeyError) as e:
             raise UserError(f"budget table {path or TABLE_FILE}: unreadable ({e})") from None
 
-    def pick(self, compute: float, vocab_size: int | None = None) -> tuple[Row, float]:
-        """The row for `compute` (reference-model FLOPs), and the compute as that row sees it.
+    def row_compute(self, row: Row, compute: float, vocab_size: int | None = None) -> float:
+        """What `compute` (reference-model FLOPs: time x the probe's FLOP/s) buys `row`'s model, in the
+        sweep's units: its relative speed, and its tokens counted at the sweep's cost per token (another
+        vocabulary makes every token dearer or cheaper)."""
+        c = compute * row.efficiency
+        if vocab_size and vocab_size != self.vocab_size:
+            c *= (train_flops_per_token(row.model_config(self.vocab_size))
+                  / train_flops_per_token(row.model_config(vocab_size)))
+        return c
 
-        With another vocabulary than the sweep's, every shape costs more or less per token; the
-        compute is rescaled per row by (its cost at the sweep's vocabulary / at this one), so a
-        bigger output layer leans toward the rows of smaller budgets. Then the nearest row in
-        log compute wins; below the first row or past the last, the end row.
+    def pick(self, compute: float, vocab_size: int | None = None) -> tuple[Row, float]:
+        """The row for `compute` (reference-model FLOPs), and what it buys that row (`row_compute`).
+
+        The row whose model would get nearest, in log, to the compute it got in the sweep wins;
+        below the first row or past the last, the end row.
         """
         best, best_d, best_c = None, math.inf, compute
         for row in self.rows:
-            c = compute
-            if vocab_size and vocab_size != self.vocab_size:
-                c *= (train_flops_per_token(row.model_config(self.vocab_size))
-                      / train_flops_per_token(row.model_config(vocab_size)))
+            c = self.row_compute(row, compute, vocab_size)
             d = abs(math.log(c / row.compute))
             if d < best_d:
                 best, best_d, best_c = row, d, c
@@ -292,14 +301,10 @@ def plan(cfg, data, device, *, table: Table | None = None, say: Callable[[str], 
     compute = pr.flops_per_s * left
     row, row_compute = table.pick(compute, data.vocab_size)
 
-    # what the row's model should do here: the sweep's speed for it, scaled by this machine's probe
-    # and by its cost per token at this vocabulary
-    mcfg_sweep = row.model_config(table.vocab_size)
-    mcfg_here = row.model_config(data.vocab_size)
+    # the row's model here: the probe's FLOP/s, times its speed relative to the reference, over its cost
+    # per token at this vocabulary
     speed = pr.flops_per_s / table.probe_flops_per_s
-    row_flops = row.compute / row.budget_s  # the probe's FLOP/s when the sweep ran this row
-    ref_tps = row.tokens_per_s or (row_flops * 0.5 / train_flops_per_token(mcfg_sweep))
-    tps = ref_tps * (pr.flops_per_s / row_flops) * train_flops_per_token(mcfg_sweep) / train_flops_per_token(mcfg_here)
+    tps = pr.flops_per_s * row.efficiency / train_flops_per_token(row.model_config(data.vocab_size))
 
     user_model = dict(cfg.model)
     user = {k for k in _PICKED_TRAIN if getattr(cfg, k) != getattr(defaults, k)}
@@ -345,12 +350,12 @@ def plan(cfg, data, device, *, table: Table | None = None, say: Callable[[str], 
     }
     say(f"budget: {format_duration(budget)} here ({pr.device}, {pr.precision}, {pr.threads} threads): a "
         f"{pr.seconds:.1f}s probe trained the reference {REFERENCE['hidden']}x{REFERENCE['layers']} model at "
-        f"{pr.tokens_per_s:,.0f} tokens/s = {pr.flops_per_s / 1e9:.1f} GFLOP/s, {speed:.2f}x the sweep machine; "
-        f"{format_duration(left)} of that is {row_compute / 1e12:.1f} TFLOP")
-    got = f", {row.bpb:.3f} bits per byte" if row.bpb is not None else ""
-    tried = f", best of {row.tried} recipes" if row.tried else ""
-    say(f"budget: nearest in compute is the sweep's {format_duration(row.budget_s)} row ({row.compute / 1e12:.1f} TFLOP "
-        f"on {table.machine}{got}{tried})")
+        f"{pr.tokens_per_s:,.0f} tokens/s = {pr.flops_per_s / 1e9:.1f} GFLOP/s ({speed:.2f}x the sweep machine)")
+    got = f"{row.bpb:.3f} bits per byte, " if row.bpb is not None else ""
+    tried = f"best of {row.tried} recipes; " if row.tried else ""
+    say(f"budget: in the {format_duration(left)} left its {row.label()} model would train {row_compute / 1e12:.1f} TFLOP "
+        f"here; as the sweep's {format_duration(row.budget_s)} winner ({got}{tried}{table.machine}) it trained "
+        f"{row.compute / 1e12:.1f}: the nearest of the sweep's {len(table.rows)} budgets")
     if not 0.5 < row_compute / row.compute < 2:
         say("budget: note: " + ("less compute than the sweep's smallest budget: its recipe may be too big here"
                                 if row_compute < row.compute else
