@@ -32,6 +32,7 @@ import torch
 
 from . import checkpoint as ckpt
 from .config import ModelConfig, preset_config
+from .budget import wanted as budget_wanted
 from .errors import UserError
 from .metrics import stream_loss
 from .modeldir import save_model
@@ -53,7 +54,7 @@ class TrainConfig:
     # -- what and where
     data: str = ""                   # DATA_DIR from `tinystories prepare`
     out: str = ""                    # RUN_DIR
-    preset: str | None = None        # model shape (config.PRESETS); None = DEFAULT_PRESET
+    preset: str | None = None        # model shape (config.PRESETS); None = picked for max_time (budget.py), else DEFAULT_PRESET
     model: dict[str, Any] = field(default_factory=dict)  # ModelConfig overrides: heads, context, dropout, ...
     seed: int = 1337
     # -- batch: tokens per optimizer step = batch_size * grad_accum * processes * context
@@ -608,8 +609,16 @@ def _train(cfg: TrainConfig, dist_: Dist, device: torch.device, resume: bool, fo
         raise UserError(f"--data {cfg.data}: its tokenizer differs from the one {run_dir} was trained with; "
                         "give the DATA_DIR this run started on (or one prepared with the same tokenizer)")
 
+    # -- no preset and only a time limit: pick the recipe for this budget on this machine (budget.py)
+    budget_choice = None
+    if not resume and budget_wanted(cfg):
+        from .budget import plan
+        cfg, budget_choice = _broadcast(dist_, plan(cfg, data, device, world=dist_.world,
+                                                    say=None if dist_.main else (lambda line: None)))
+
     # -- the model config: preset + overrides, vocab from the data unless set explicitly
     preset = cfg.preset or DEFAULT_PRESET
+    label = budget_choice["label"] if budget_choice else preset
     cfg = cfg.replace(preset=preset)  # saved resolved, so that --resume rebuilds the same model
     overrides = dict(cfg.model)
     overrides.setdefault("vocab_size", data.vocab_size)
@@ -685,7 +694,7 @@ def _train(cfg: TrainConfig, dist_: Dist, device: torch.device, resume: bool, fo
 
     log = RunLog(run_dir, dist_.main, step if resume else None, cfg.tensorboard)
     n_params = raw_model.num_parameters()
-    title = (f"{preset} ({n_params / 1e6:.2f}M params), batch {per_step} x {T}, lr {cfg.lr:g}, "
+    title = (f"{label} ({n_params / 1e6:.2f}M params), batch {per_step} x {T}, lr {cfg.lr:g}, "
              f"{device.type} {precision}")
     autocast_dtype = _AUTOCAST[precision]
     val_bytes = (data.meta.get("splits", {}).get("val") or {}).get("bytes")
@@ -816,13 +825,15 @@ def _train(cfg: TrainConfig, dist_: Dist, device: torch.device, resume: bool, fo
     t_end = time.time()
     save(step)
     train_time = elapsed_before + (t_end - t0)
-    summary = {"run_dir": str(run_dir), "preset": preset, "parameters": n_params, "steps": step,
-               "tokens": samples * T, "time_s": round(train_time, 1),
+    summary = {"run_dir": str(run_dir), "preset": label, "parameters": n_params, "steps": step,
+               "tokens": samples * T, "time_s": round(train_time, 1), "ended_at": round(t_end, 3),
                # throughput of this session's training steps (evals and checkpoints excluded)
                "tokens_per_s": round((samples - start_samples) * T / max(t_end - t0 - paused_total, 1e-9), 1),
                "stopped": stopped,
                "device": str(device), "precision": precision, "threads": torch.get_num_threads(),
                "processes": dist_.world, "compile": use_compile}
+    if budget_choice:
+        summary["budget"] = budget_choice
     if dist_.main:
         final = evaluate(cfg.final_eval_tokens)
         if final:

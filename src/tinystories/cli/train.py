@@ -16,13 +16,16 @@ def add_parser(sub) -> None:
                     "torchrun --nproc_per_node=K -m tinystories train ...",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
+               "  tinystories train --data data/ts --max-time 10m --out runs/10m   # the best recipe for 10 minutes here\n"
                "  tinystories train --data data/ts --preset 1M --max-time 10m --out runs/1M\n"
                "  tinystories train --data data/ts --config paper --preset 8M --max-steps 2000 --out runs/8M\n"
                "  tinystories train --out runs/1M --resume --max-time 20m\n"
                "  tinystories train --data data/ts --preset 3M --set lr=3e-3 --set model.dropout=0.1 "
                "--max-tokens 5e6 --out runs/3M")
     p.add_argument("--data", metavar="DATA_DIR", help="prepared data (tokenizer, train.bin, val.bin, meta.json)")
-    p.add_argument("--preset", help="model shape, e.g. 1M, 8M, 33M, 8M-hs64 (see `tinystories presets`)")
+    p.add_argument("--preset", help="model shape, e.g. 1M, 8M, 33M, 8M-hs64 (see `tinystories presets`); without it, "
+                                    "a --max-time run picks shape, batch, lr and warmup for that time on this "
+                                    "machine (a few seconds' speed probe + the shipped sweep table), other runs use 1M")
     p.add_argument("--out", metavar="RUN_DIR", required=True, help="the run directory (a model directory plus state)")
     p.add_argument("--max-steps", type=int, metavar="N", help="stop after N optimizer steps")
     p.add_argument("--max-tokens", metavar="N", help="stop after N training tokens (e.g. 5e6)")
@@ -87,6 +90,13 @@ def format_summary(s: dict) -> str:
         f"{s['tokens_per_s']:,.0f} tokens/s ({s['device']}, {s['precision']}, {s['threads']} threads"
         f"{', %d processes' % s['processes'] if s['processes'] > 1 else ''}); stopped by {s['stopped']}",
     ]
+    if s.get("budget"):
+        b, r = s["budget"], s["budget"]["row"]
+        m = b["picked"]["model"]
+        lines.append(f"budget    {format_duration(b['budget_s'])}: {m['hidden']} x {m['layers']} layers, {m['heads']} heads, "
+                     f"lr {b['picked'].get('lr', r['lr']):g}, picked from the sweep's {format_duration(r['budget_s'])} row "
+                     f"(this machine: {b['probe']['flops_per_s'] / 1e9:.1f} GFLOP/s on the probe, "
+                     f"{b['probe']['seconds']:.1f}s of the budget)")
     if "val_loss" in s:
         bpb = f", {s['val_bpb']:.4f} bits per byte" if "val_bpb" in s else ""
         lines.append(f"val       {s['val_loss']:.4f} nats/token{bpb} ({s['val_tokens']:,} tokens)")

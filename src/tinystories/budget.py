@@ -1,0 +1,370 @@
+"""What to train in the time you have: the recipe `train --max-time T` picks when no preset is given.
+
+    cfg, choice = plan(TrainConfig(data="data/ts", out="runs/10m", max_time=600), data, device)
+
+`benchmarks/budget_sweep.py` trained a grid of shapes and learning rates for 2, 5, 10 and 30 minutes on
+one machine and shipped, for each budget, the best recipe it found and the training FLOPs its run
+actually got (resources/budget_table.json). A budget in seconds means nothing on another machine, so
+the rule is keyed on compute: a short probe trains a fixed reference model here and measures its
+FLOP/s; with each row's speed relative to that reference (measured by the sweep), the probe says how
+many FLOPs (tokens) the row's model would get here in the time left. The row whose model would get
+nearest (in log) to what it got in the sweep wins. Twice the speed (a faster machine, faster code)
+thus picks what the sweep found best for twice the compute, and the rule carries over without
+re-running the sweep. Keying on the FLOPs each run really trained also keeps the table honest when
+the sweep machine was busy: a slowed run is simply a run with less compute.
+
+The probe counts against the budget: training gets what is left, and the learning-rate schedule
+(cosine on the clock, see `train.lr_at`) ends at the deadline. The final validation and samples come
+after it, as for any `--max-time` run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import ModelConfig
+from .errors import UserError
+from .utils import format_duration
+
+TABLE_FILE = "budget_table.json"
+TABLE_FORMAT = "tinystories-budget-table"
+
+# The probe's model: small enough to time in a few seconds anywhere, big enough to be matmul-bound
+# like the models the table picks. Its vocabulary is the table's, whatever the data's is, so that it
+# measures the machine (and the code), not the data.
+REFERENCE = {"hidden": 128, "layers": 4, "heads": 4, "context": 256, "batch_size": 8}
+MIN_PROBE_S, MAX_PROBE_S, PROBE_FRACTION = 1.5, 8.0, 0.01
+EVALS_PER_RUN = 5              # periodic validation passes the picked run makes (cheap, inside the budget)
+EVAL_TOKENS = 16_384           # tokens per periodic pass
+CHECKPOINTS_PER_RUN = 4
+MIN_STEPS_FOR_EVALS = 60       # shorter runs validate only at the end
+
+
+# ===================================================================== compute
+
+def train_flops_per_token(m: ModelConfig, context: int | None = None) -> float:
+    """Training FLOPs per token: 6 x every matmul weight (the output layer included, tied or not) plus
+    attention's scores and mixing (forward 4 x hidden x the mean number of keys a query sees, x3 for
+    training). Embedding lookups, norms and the optimizer are left out: they are not matmuls."""
+    T = context or m.context
+    h = m.hidden
+    mlp = (3 if m.mlp == "swiglu" else 2) * h * m.mlp_width
+    weights = m.layers * (4 * h * h + mlp) + h * m.vocab_size
+    keys = 0.0
+    for kind in m.layer_types:
+        w = T if kind == "global" else min(m.window, T)
+        keys += (w * (w + 1) / 2 + (T - w) * w) / T  # mean over positions of min(position + 1, w)
+    return 6.0 * weights + 3.0 * 4.0 * h * keys
+
+
+def reference_config(vocab_size: int) -> ModelConfig:
+    r = REFERENCE
+    return ModelConfig(vocab_size=vocab_size, context=r["context"], hidden=r["hidden"], layers=r["layers"],
+                       heads=r["heads"])
+
+
+# ===================================================================== the probe
+
+@dataclass
+class Probe:
+    tokens_per_s: float
+    flops_per_s: float      # training FLOP/s of the reference model (train_flops_per_token x tokens/s)
+    seconds: float          # wall time the probe took, model building included
+    steps: int              # timed steps
+    device: str
+    precision: str
+    threads: int
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def measure_speed(mcfg: ModelConfig, batch_size: int, context: int, seconds: float, device=None,
+                  precision: str = "fp32", seed: int = 0) -> tuple[float, int]:
+    """Training tokens/s of a fresh `mcfg` model on random tokens, and the number of timed steps.
+
+    One untimed step first (allocations, kernel selection), then steps until `seconds` have passed
+    (at least 3). The speed is the median step's, so one hiccup of a shared machine does not count.
+    The global RNG is left as it was.
+    """
+    import torch
+
+    from .model import GPTNeo
+    from .train import _AUTOCAST, TrainConfig, make_optimizer
+
+    t0 = time.perf_counter()
+    device = torch.device(device or "cpu")
+    state = torch.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        model = GPTNeo(mcfg).to(device).train()
+        opt = make_optimizer(model, TrainConfig(), device)
+        x = torch.randint(0, mcfg.vocab_size, (batch_size, context + 1), device=device)
+        dtype = _AUTOCAST[precision]
+
+        def step() -> float:
+            t = time.perf_counter()
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                loss = model(x[:, :-1], x[:, 1:])
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            return time.perf_counter() - t
+
+        step()
+        times: list[float] = []
+        while len(times) < 3 or time.perf_counter() - t0 < seconds:
+            times.append(step())
+    finally:
+        torch.set_rng_state(state)
+    times.sort()
+    return batch_size * context / times[len(times) // 2], len(times)
+
+
+def probe(seconds: float, device=None, precision: str = "fp32", vocab_size: int = 8192) -> Probe:
+    """This machine's speed: the reference model's training tokens/s and FLOP/s, over about `seconds`."""
+    import torch
+
+    t0 = time.perf_counter()
+    mcfg = reference_config(vocab_size)
+    tps, steps = measure_speed(mcfg, REFERENCE["batch_size"], REFERENCE["context"], seconds, device, precision)
+    return Probe(tokens_per_s=tps, flops_per_s=tps * train_flops_per_token(mcfg), seconds=time.perf_counter() - t0,
+                 steps=steps, device=str(device or "cpu"), precision=precision, threads=torch.get_num_threads())
+
+
+# ===================================================================== the table
+
+@dataclass
+class Row:
+    """The best recipe the sweep found for one budget, and what it got."""
+    budget_s: float
+    compute: float                 # training FLOPs the winning run got (train_flops_per_token x tokens)
+    hidden: int
+    layers: int
+    heads: int
+    context: int
+    batch_size: int
+    lr: float
+    warmup_frac: float = 0.05      # warmup steps as a fraction of the run's steps
+    weight_decay: float = 0.1
+    dropout: float = 0.0
+    position: str = "learned"
+    norm: str = "layernorm"
+    mlp: str = "gelu"
+    bpb: float | None = None       # bits per byte on the validation text the sweep used
+    tokens: int | None = None      # tokens the winning run trained on
+    tokens_per_s: float | None = None
+    tried: int | None = None       # recipes the sweep ran at this budget
+    efficiency: float = 1.0        # this model's training FLOP/s / the reference model's, on the sweep machine
+
+    def model_config(self, vocab_size: int) -> ModelConfig:
+        return ModelConfig(vocab_size=vocab_size, context=self.context, hidden=self.hidden, layers=self.layers,
+                           heads=self.heads, dropout=self.dropout, position=self.position, norm=self.norm,
+                           mlp=self.mlp)
+
+    def shape(self) -> str:
+        block = "" if (self.position, self.norm, self.mlp) == ("learned", "layernorm", "gelu") else \
+            f", {self.position}+{self.norm}+{self.mlp}"
+        return (f"hidden {self.hidden}, {self.layers} layers, {self.heads} heads of {self.hidden // self.heads}"
+                f"{block}")
+
+    def label(self) -> str:
+        return f"{self.hidden}x{self.layers}/hs{self.hidden // self.heads}"
+
+
+@dataclass
+class Table:
+    vocab_size: int                # the vocabulary the sweep trained with (prepare's default)
+    probe_flops_per_s: float       # the reference model's training FLOP/s on the sweep machine
+    machine: str
+    rows: list[Row]
+    metric: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        assert self.rows, "an empty budget table"
+        self.rows.sort(key=lambda r: r.compute)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Table":
+        d = dict(d)
+        if d.pop("format", TABLE_FORMAT) != TABLE_FORMAT:
+            raise UserError("budget table: not a tinystories budget table")
+        d.pop("version", None)
+        rows = [Row(**r) for r in d.pop("rows")]
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(rows=rows, **{k: v for k, v in d.items() if k in known})
+
+    def to_dict(self) -> dict:
+        return {"format": TABLE_FORMAT, "version": 1, **dataclasses.asdict(self)}
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | None = None) -> "Table":
+        """The table shipped with the package, or one a sweep wrote (`path`)."""
+        if path is None:
+            text = resources.files("tinystories").joinpath("resources", TABLE_FILE).read_text()
+        else:
+            p = Path(path)
+            if not p.is_file():
+                raise UserError(f"budget table {p}: no such file")
+            text = p.read_text()
+        try:
+            return cls.from_dict(json.loads(text))
+        except (ValueError, TypeError, KeyError) as e:
+            raise UserError(f"budget table {path or TABLE_FILE}: unreadable ({e})") from None
+
+    def row_compute(self, row: Row, compute: float, vocab_size: int | None = None) -> float:
+        """What `compute` (reference-model FLOPs: time x the probe's FLOP/s) buys `row`'s model, in the
+        sweep's units: its relative speed, and its tokens counted at the sweep's cost per token (another
+        vocabulary makes every token dearer or cheaper)."""
+        c = compute * row.efficiency
+        if vocab_size and vocab_size != self.vocab_size:
+            c *= (train_flops_per_token(row.model_config(self.vocab_size))
+                  / train_flops_per_token(row.model_config(vocab_size)))
+        return c
+
+    def pick(self, compute: float, vocab_size: int | None = None) -> tuple[Row, float]:
+        """The row for `compute` (reference-model FLOPs), and what it buys that row (`row_compute`).
+
+        The row whose model would get nearest, in log, to the compute it got in the sweep wins;
+        below the first row or past the last, the end row.
+        """
+        best, best_d, best_c = None, math.inf, compute
+        for row in self.rows:
+            c = self.row_compute(row, compute, vocab_size)
+            d = abs(math.log(c / row.compute))
+            if d < best_d:
+                best, best_d, best_c = row, d, c
+        return best, best_c
+
+
+# ===================================================================== the plan
+
+_PICKED_TRAIN = ("batch_size", "context", "lr", "warmup_steps", "weight_decay", "eval_every", "eval_tokens",
+                 "checkpoint_every")
+_PICKED_MODEL = ("hidden", "layers", "heads", "context", "dropout", "position", "norm", "mlp")
+
+
+def wanted(cfg) -> bool:
+    """Whether `train` should pick the recipe: no preset, and a time limit alone says when to stop."""
+    return cfg.preset is None and cfg.max_time is not None and cfg.max_steps is None and cfg.max_tokens is None
+
+
+def plan(cfg, data, device, *, table: Table | None = None, say: Callable[[str], None] | None = None,
+         world: int = 1) -> tuple[Any, dict]:
+    """The TrainConfig `train` runs for `cfg.max_time` seconds on this machine, and the choice explained.
+
+    Settings the user gave (anything that differs from TrainConfig's defaults, and every `model.*`
+    field set) are kept; the picker fills in the rest from the table row. `cfg.max_time` becomes the
+    time left after the probe, less one step and one validation pass, so that the run ends by the
+    deadline.
+    """
+    import torch
+
+    from .train import TrainConfig, physical_cores, resolve_precision
+
+    t_start = time.time()
+    say = say or (lambda line: print(line, file=sys.stderr, flush=True))
+    table = table or Table.load()
+    budget = float(cfg.max_time)
+    defaults = TrainConfig()
+
+    # the probe runs as training will: same device, threads and precision
+    old_threads = torch.get_num_threads()
+    if device.type == "cpu":
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        elif "OMP_NUM_THREADS" not in os.environ:
+            torch.set_num_threads(max(1, physical_cores() // world))
+    try:
+        precision = resolve_precision(cfg.precision, device)
+        probe_s = min(MAX_PROBE_S, max(MIN_PROBE_S, PROBE_FRACTION * budget))
+        pr = probe(probe_s, device, precision, table.vocab_size)
+    finally:
+        torch.set_num_threads(old_threads)
+
+    left = budget - (time.time() - t_start)
+    if left <= 0:
+        raise UserError(f"--max-time {format_duration(budget)}: too short to train anything here (the speed probe "
+                        f"alone took {pr.seconds:.1f}s); give more time, or a --preset and --max-steps")
+    compute = pr.flops_per_s * left
+    row, row_compute = table.pick(compute, data.vocab_size)
+
+    # the row's model here: the probe's FLOP/s, times its speed relative to the reference, over its cost
+    # per token at this vocabulary
+    speed = pr.flops_per_s / table.probe_flops_per_s
+    tps = pr.flops_per_s * row.efficiency / train_flops_per_token(row.model_config(data.vocab_size))
+
+    user_model = dict(cfg.model)
+    user = {k for k in _PICKED_TRAIN if getattr(cfg, k) != getattr(defaults, k)}
+    context = cfg.context if "context" in user else row.context
+    batch = cfg.batch_size if "batch_size" in user else max(1, row.batch_size // world)
+    tokens_per_step = batch * cfg.grad_accum * world * context
+    step_s = tokens_per_step / tps
+    eval_tokens = cfg.eval_tokens if "eval_tokens" in user else EVAL_TOKENS
+    rough_steps = left / step_s
+    # periodic validation only when the run is long enough for a curve; it costs ~1% of the budget
+    eval_every = cfg.eval_every if "eval_every" in user else \
+        (int(rough_steps // (EVALS_PER_RUN + 1)) if rough_steps >= MIN_STEPS_FOR_EVALS else 0)
+    eval_s = 0.0 if not (eval_every and eval_tokens) else eval_tokens / (2.5 * tps)  # forward: ~3x cheaper
+    train_s = left - 1.0 - step_s - eval_s  # end by the deadline: the last step and eval may start late
+    if train_s < 2 * step_s:
+        raise UserError(f"--max-time {format_duration(budget)}: too short to train anything here "
+                        f"(the probe took {pr.seconds:.1f}s, one step of the picked recipe takes ~{step_s:.1f}s); "
+                        f"give more time, or a --preset and --max-steps")
+    steps = max(1, int(train_s / step_s))
+
+    picked = {
+        "batch_size": batch, "context": context, "lr": row.lr, "weight_decay": row.weight_decay,
+        "warmup_steps": max(1, round(row.warmup_frac * steps)),
+        "eval_every": eval_every, "eval_tokens": eval_tokens,
+        "checkpoint_every": max(1, steps // CHECKPOINTS_PER_RUN),
+    }
+    changes = {k: v for k, v in picked.items() if k not in user}
+    model = {"hidden": row.hidden, "layers": row.layers, "heads": row.heads, "context": max(row.context, context),
+             "dropout": row.dropout, "position": row.position, "norm": row.norm, "mlp": row.mlp}
+    model.update(user_model)
+    new = cfg.replace(**changes, model=model, max_time=round(train_s, 3))
+
+    shape = Row(**{**dataclasses.asdict(row), **{k: model[k] for k in ("hidden", "layers", "heads", "dropout",
+                                                                      "position", "norm", "mlp")}})
+    epoch_tokens = len(data.train)
+    kept = sorted(user | {f"model.{k}" for k in user_model if k in _PICKED_MODEL})
+    choice = {
+        "budget_s": budget, "deadline": round(t_start + budget, 3), "train_s": round(train_s, 3),
+        "label": f"auto {shape.label()}",
+        "probe": pr.to_dict(), "compute": compute, "row": dataclasses.asdict(row), "kept": kept,
+        "table_machine": table.machine, "expected_tokens_per_s": round(tps, 1),
+        "expected_tokens": int(tps * train_s), "picked": {**changes, "model": model},
+    }
+    say(f"budget: {format_duration(budget)} here ({pr.device}, {pr.precision}, {pr.threads} threads): a "
+        f"{pr.seconds:.1f}s probe trained the reference {REFERENCE['hidden']}x{REFERENCE['layers']} model at "
+        f"{pr.tokens_per_s:,.0f} tokens/s = {pr.flops_per_s / 1e9:.1f} GFLOP/s ({speed:.2f}x the sweep machine)")
+    got = f"{row.bpb:.3f} bits per byte, " if row.bpb is not None else ""
+    tried = f"best of {row.tried} recipes; " if row.tried else ""
+    say(f"budget: in the {format_duration(left)} left its {row.label()} model would train {row_compute / 1e12:.1f} TFLOP "
+        f"here; as the sweep's {format_duration(row.budget_s)} winner ({got}{tried}{table.machine}) it trained "
+        f"{row.compute / 1e12:.1f}: the nearest of the sweep's {len(table.rows)} budgets")
+    if not 0.5 < row_compute / row.compute < 2:
+        say("budget: note: " + ("less compute than the sweep's smallest budget: its recipe may be too big here"
+                                if row_compute < row.compute else
+                                "more compute than the sweep's largest budget: a bigger model would likely use this "
+                                "machine better (try a --preset)"))
+    say(f"budget: picked {shape.shape()}, context {context}, batch {batch} x {context}, lr {new.lr:g}, "
+        f"warmup {new.warmup_steps} steps, weight decay {new.weight_decay:g}, dropout {model['dropout']:g}"
+        + (f" (yours: {', '.join(kept)})" if kept else ""))
+    say(f"budget: expect ~{tps:,.0f} tokens/s, ~{steps:,} steps, ~{tps * train_s / 1e6:.2f}M tokens "
+        f"({tps * train_s / max(epoch_tokens, 1):.1f} epochs of train.bin); training gets {format_duration(train_s)}, "
+        f"the learning rate reaches its floor at the end")
+    return new, choice

@@ -1,0 +1,188 @@
+"""The time-budget picker (`train --max-time T` without a preset) and the optional modern block.
+
+The picker's rule on hand-made tables (nearest row in compute, monotone in the budget, a bigger
+vocabulary leaning to smaller rows), the shipped table, a real 20-second run on the tiny_data
+fixture that must end by its deadline with the schedule at its floor, an explicit preset winning,
+and the modern block (rope + RMSNorm + SwiGLU): gradients, and cached decoding against recompute.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from conftest import assert_one_line_error, run_cli
+from tinystories.budget import Row, Table, plan, train_flops_per_token, wanted
+from tinystories.config import ModelConfig
+from tinystories.model import GPTNeo
+from tinystories.train import TrainConfig
+
+
+def _table(vocab: int = 8192) -> Table:
+    rows = [Row(budget_s=b, compute=c, hidden=h, layers=4, heads=h // 32, context=256, batch_size=8, lr=lr)
+            for b, c, h, lr in ((120, 1e12, 64, 4e-3), (600, 1e13, 128, 3e-3), (1800, 1e14, 256, 2e-3))]
+    return Table(vocab_size=vocab, probe_flops_per_s=1e10, machine="test", rows=rows[::-1])
+
+
+def test_rule_picks_the_nearest_row_in_log_compute_and_is_monotone():
+    t = _table()
+    assert [r.budget_s for r in t.rows] == [120, 600, 1800]  # sorted by compute whatever the file order
+    assert t.pick(1e12)[0].budget_s == 120
+    assert t.pick(3e12)[0].budget_s == 120       # log distance 0.48 to 1e12, 0.52 to 1e13
+    assert t.pick(4e12)[0].budget_s == 600
+    assert t.pick(1e9)[0].budget_s == 120        # below the table: its first row
+    assert t.pick(1e18)[0].budget_s == 1800      # past it: the last row
+    picks = [t.pick(10 ** (e / 10))[0].compute for e in range(100, 160)]
+    assert picks == sorted(picks) and len(set(picks)) == 3
+    # a bigger vocabulary makes every shape dearer per token: the same compute never picks a bigger row
+    for e in range(110, 150):
+        c = 10 ** (e / 10)
+        assert t.pick(c, 50257)[0].compute <= t.pick(c, 8192)[0].compute
+    assert t.pick(4e12, 8192)[1] == 4e12 and t.pick(4e12, 50257)[1] < 4e12
+
+
+def test_flops_per_token_counts_weights_and_attention():
+    h, L, V, T = 64, 2, 1000, 128
+    g = ModelConfig(vocab_size=V, context=T, hidden=h, layers=L, heads=2, attention="global")
+    weights = L * (4 * h * h + 2 * h * 4 * h) + h * V
+    assert train_flops_per_token(g) == pytest.approx(6 * weights + 12 * h * L * (T + 1) / 2)
+    # a local layer with window 16 sees at most 16 keys: (1 + 2 + ... + 16 + 112 * 16) / 128 on average
+    loc = g.replace(attention="local", window=16)
+    assert train_flops_per_token(loc) == pytest.approx(6 * weights + 12 * h * L * (136 + 112 * 16) / 128)
+    assert train_flops_per_token(g.replace(mlp="swiglu")) > 6 * L * 4 * h * h  # three MLP matrices
+
+
+def test_shipped_table_loads_and_is_sane():
+    t = Table.load()
+    assert t.vocab_size > 0 and t.probe_flops_per_s > 0 and t.machine
+    budgets = [r.budget_s for r in t.rows]
+    assert budgets == sorted(budgets)  # more time, more compute
+    for r in t.rows:
+        r.model_config(t.vocab_size)  # a valid model
+        assert r.lr > 0 and r.batch_size >= 1 and 0 < r.warmup_frac < 0.5
+    # a fixed machine speed picks rows monotone in the budget
+    picks = [t.pick(t.probe_flops_per_s * s)[0].budget_s for s in range(30, 7200, 30)]
+    assert picks == sorted(picks)
+
+
+def test_only_a_time_limit_without_preset_asks_for_a_pick():
+    assert wanted(TrainConfig(max_time=60))
+    assert not wanted(TrainConfig(max_time=60, preset="1M"))
+    assert not wanted(TrainConfig(max_time=60, max_steps=10))
+    assert not wanted(TrainConfig(max_tokens=1000))
+
+
+def test_twenty_second_budget_ends_by_its_deadline(tiny_data, tmp_path):
+    """The probe and the training both fit in the budget, the cosine reaches its floor at the end,
+    and a setting the user gave (lr) is kept while the rest is picked."""
+    out = tmp_path / "run"
+    proc = run_cli("train", "--data", tiny_data, "--max-time", "20s", "--out", out, "--json",
+                   "--set", "threads=1", "--set", "lr=0.002", "--set", "final_eval_tokens=4096",
+                   "--set", "samples=0", "--set", "log_every=1", check=True)
+    assert "budget: picked hidden" in proc.stderr and "yours: lr" in proc.stderr
+    s = json.loads(proc.stdout)
+    b = s["budget"]
+    assert s["ended_at"] <= b["deadline"] + 0.25, (s["ended_at"] - b["deadline"])
+    assert b["probe"]["seconds"] + s["time_s"] <= 20.25
+    assert s["stopped"] == "max_time" and s["steps"] >= 5 and s["time_s"] > 10  # most of it went to training
+    assert s["preset"].startswith("auto ") and b["kept"] == ["lr"]
+    cfg = json.loads((out / "train_config.json").read_text())
+    assert cfg["lr"] == 0.002 and cfg["model"]["hidden"] == b["row"]["hidden"]
+    assert cfg["batch_size"] == b["row"]["batch_size"] and cfg["context"] == b["row"]["context"]
+    lrs = [r["lr"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "lr" in r]
+    floor = 0.002 * cfg["min_lr_ratio"]
+    assert lrs[-1] == pytest.approx(floor, rel=0.15)  # the schedule ran to the deadline
+    # the run directory resumes as the same model (its saved config rebuilds the picked shape)
+    again = run_cli("train", "--out", out, "--resume", "--max-steps", s["steps"] + 1, "--json", check=True)
+    assert "budget:" not in again.stderr and json.loads(again.stdout)["parameters"] == s["parameters"]
+
+
+def test_explicit_preset_wins_over_the_picker(tiny_data, tmp_path):
+    proc = run_cli("train", "--data", tiny_data, "--preset", "1M", "--max-time", "3s", "--out", tmp_path / "p",
+                   "--json", "--set", "threads=1", "--set", "model.context=64", "--set", "batch_size=2",
+                   "--set", "samples=0", "--set", "final_eval_tokens=1024", check=True)
+    s = json.loads(proc.stdout)
+    assert "budget:" not in proc.stderr and "budget" not in s and s["preset"] == "1M"
+
+
+def test_budget_too_short_is_a_one_line_error(tiny_data, tmp_path):
+    assert_one_line_error(run_cli("train", "--data", tiny_data, "--max-time", "1s", "--out", tmp_path / "x",
+                                  "--set", "threads=1"), "--max-time 1s", "too short")
+
+
+def test_plan_keeps_user_model_fields(tiny_data):
+    from tinystories.prepare import load_data_dir
+
+    data = load_data_dir(tiny_data)
+    lines = []
+    cfg, choice = plan(TrainConfig(data=str(tiny_data), out="x", max_time=120, threads=1,
+                                   model={"dropout": 0.2}, warmup_steps=7),
+                       data, torch.device("cpu"), table=_table(), say=lines.append)
+    assert cfg.model["dropout"] == 0.2 and cfg.warmup_steps == 7
+    assert cfg.model["hidden"] == choice["row"]["hidden"] and cfg.max_time < 120
+    assert sorted(choice["kept"]) == ["model.dropout", "warmup_steps"]
+    assert any("picked" in line for line in lines)
+
+
+# --------------------------------------------------------------------------- the modern block
+
+def _modern(**kw) -> GPTNeo:
+    cfg = ModelConfig(vocab_size=97, context=40, hidden=32, layers=2, heads=4, window=8,
+                      position="rope", norm="rmsnorm", mlp="swiglu", **kw)
+    torch.manual_seed(0)
+    m = GPTNeo(cfg)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return m
+
+
+def test_modern_block_backward_matches_finite_differences_and_trains():
+    m = _modern().double()
+    x = torch.randint(0, 97, (2, 24), generator=torch.Generator().manual_seed(1))
+
+    def loss_fn():  # in float64 throughout (forward's own loss is computed in fp32)
+        return torch.nn.functional.cross_entropy(m(x[:, :-1]).reshape(-1, 97), x[:, 1:].reshape(-1))
+
+    loss_fn().backward()
+    for name, p in m.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+    # autograd against central differences on entries that rope, RMSNorm and SwiGLU all lie behind
+    for p in (m.blocks[0].attn.qkv.weight, m.blocks[1].mlp.gate_up.weight, m.blocks[0].ln_1.weight):
+        for idx in [(0,), (5,)] if p.dim() == 1 else [(1, 3), (40, 7)]:
+            with torch.no_grad():
+                keep = p[idx].item()
+                p[idx] = keep + 1e-6
+                up = loss_fn().item()
+                p[idx] = keep - 1e-6
+                down = loss_fn().item()
+                p[idx] = keep
+            assert p.grad[idx].item() == pytest.approx((up - down) / 2e-6, rel=1e-5, abs=1e-9)
+    # and it learns: a few AdamW steps on one batch
+    m = _modern()
+    opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
+    first = None
+    for _ in range(40):
+        loss = m(x[:, :-1], x[:, 1:])
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.5 * first
+
+
+def test_modern_block_cached_decoding_equals_full_recompute():
+    """Token by token through the KV cache (rope positions from the cache slot, the local window on
+    the second layer) gives the logits of one full forward pass."""
+    m = _modern(attention=["global", "local"]).eval()
+    x = torch.randint(0, 97, (3, 30), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        full = m(x)
+        cache = m.new_cache(3, 30)
+        parts = [m(x[:, :7], cache=cache, start=0)]
+        for t in range(7, 30):
+            parts.append(m(x[:, t:t + 1], cache=cache, start=t))
+    assert torch.allclose(torch.cat(parts, dim=1), full, atol=1e-5)
