@@ -169,15 +169,17 @@ class Results:
 
 # ===================================================================== the plan
 
-def stages(res: Results, budgets: list[float], keep: list[int], shapes=SHAPES):
+def stages(res: Results, budgets: list[float], keep: list[int], shapes=SHAPES, lean: bool = False):
     """(name, [(spec, budget)]) in order; each stage is computed from the results of those before it,
-    so the generator must be advanced only after a stage's runs are done."""
+    so the generator must be advanced only after a stage's runs are done. `lean` (a sweep that must
+    fit in an hour): two shapes refined, one extra seed, and no batch/context/vocabulary/dropout
+    variants nor modern block past the first budget."""
     b0 = budgets[0]
     yield "shapes", [(Spec(h, L, hs, lr_prior(h)), b0) for h, L, hs in shapes]
-    top = res.best_shapes(b0, LR_REFINE)
+    top = res.best_shapes(b0, 2 if lean else LR_REFINE)
     yield "learning rates", [(s.with_(lr=round(s.lr * m, 6)), b0) for s in top for m in (0.5, 2.0)]
     lead = res.best_shapes(b0, 1)
-    yield "seeds", [(lead[0].with_(seed=sd), b0) for sd in SEEDS] if lead else []
+    yield "seeds", [(lead[0].with_(seed=sd), b0) for sd in SEEDS[:1 if lean else None]] if lead else []
     yield f"modern block at {format_duration(b0)}", [(lead[0].with_(block="modern"), b0)] if lead else []
     for i, b in enumerate(budgets[1:], 1):
         prev = budgets[i - 1]
@@ -192,6 +194,8 @@ def stages(res: Results, budgets: list[float], keep: list[int], shapes=SHAPES):
             if k >= 3:
                 chosen.append(ranked[0].with_(lr=round(ranked[0].lr * 0.5, 6)))
         yield f"rung {format_duration(b)}", [(s, b) for s in chosen]
+        if lean:
+            continue
         lead = res.best_shapes(b, 1)
         yield f"modern block at {format_duration(b)}", [(lead[0].with_(block="modern"), b)] if lead else []
         if not lead:
@@ -517,6 +521,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--report", action="store_true", help="only redraw the plot and tables from the results")
     ap.add_argument("--dry-run", action="store_true", help="print the stages and their runs without training")
     ap.add_argument("--shapes", type=int, default=None, metavar="N", help="only the first N shapes (pilots)")
+    ap.add_argument("--grid", default=None, metavar="SHAPES",
+                    help="the first rung's shapes instead of the full grid, e.g. 128x8/32,256x4/64 (hidden x layers / head size)")
+    ap.add_argument("--lean", action="store_true",
+                    help="fewer runs around the halving (see stages()): the sweep in about an hour on 2 cores")
     ap.add_argument("--eval-tokens", type=int, default=EVAL_TOKENS, metavar="N",
                     help=f"score the first N validation tokens (default {EVAL_TOKENS:,}; 0 = all)")
     args = ap.parse_args(argv)
@@ -530,7 +538,14 @@ def main(argv: list[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     if not res.probes() and not args.dry_run:
         run_probe(res)
-    for name, runs in stages(res, budgets, keep, SHAPES[:args.shapes]):
+    shapes = SHAPES[:args.shapes]
+    if args.grid:
+        try:
+            shapes = [tuple(int(v) for v in g.replace("/", "x").split("x")) for g in args.grid.split(",")]
+            assert all(len(t) == 3 and t[0] % t[2] == 0 for t in shapes)
+        except (ValueError, AssertionError):
+            ap.error(f"--grid {args.grid!r}: expected HIDDENxLAYERS/HEADSIZE,... with the head size dividing hidden")
+    for name, runs in stages(res, budgets, keep, shapes, lean=args.lean):
         todo = [(s, b) for s, b in dict.fromkeys(runs) if not res.done(s.key(b))]
         print(f"== {name}: {len(runs)} runs, {len(todo)} to do", flush=True)
         for spec, b in todo:
