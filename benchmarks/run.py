@@ -112,23 +112,29 @@ def train_flops_per_token(cfg: ModelConfig, T: int) -> float:
 
 # ----------------------------------------------------------------------------------- training
 
+def _stepper(loss_of, model, opt, device, precision: str):
+    """One training step as train.py takes it: autocast forward, backward, clipping, AdamW; the loss and
+    the gradient norm are read back every step (train.py logs both)."""
+    dtype = AUTOCAST[precision]
+
+    def step(x, y):
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = loss_of(x, y)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.item(), norm.item()
+    return step
+
+
 def _ours_trainer(cfg: ModelConfig, device, precision: str):
     torch.manual_seed(0)
     model = GPTNeo(cfg).to(device)
     opt = make_optimizer(model, TrainConfig(data="-", out="-", max_steps=1), device)
     use_compile = device.type == "cuda"  # compile=auto on a long run: on for CUDA, off on a CPU (measured)
     fwd = torch.compile(model) if use_compile else model
-    dtype = AUTOCAST[precision]
-
-    def step(x, y):
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            loss = fwd(x, y)
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss.item(), norm.item()  # train.py reads both every step
-    return step
+    return _stepper(fwd, model, opt, device, precision)
 
 
 def _hf_model(cfg: ModelConfig, ours: GPTNeo | None = None):
@@ -152,17 +158,8 @@ def _hf_trainer(cfg: ModelConfig, device, precision: str):
     torch.manual_seed(0)
     hf = _hf_model(cfg).to(device).train()
     opt = torch.optim.AdamW(hf.parameters(), lr=1e-3, weight_decay=0.1)
-    dtype = AUTOCAST[precision]
-
-    def step(x, y):
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            loss = hf(input_ids=x, labels=x).loss  # transformers shifts the labels itself
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss.item(), norm.item()
-    return step
+    # transformers shifts the labels itself
+    return _stepper(lambda x, y: hf(input_ids=x, labels=x).loss, hf, opt, device, precision)
 
 
 def _nanogpt_trainer(cfg: ModelConfig, device, precision: str):
@@ -172,17 +169,7 @@ def _nanogpt_trainer(cfg: ModelConfig, device, precision: str):
     model = PlainGPT(cfg.vocab_size, cfg.context, cfg.hidden, cfg.layers, cfg.heads).to(device)
     opt = model.optimizer(device_type=device.type)
     fwd = torch.compile(model) if device.type == "cuda" else model  # nanoGPT compiles by default (not on CPUs)
-    dtype = AUTOCAST[precision]
-
-    def step(x, y):
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            loss = fwd(x, y)
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss.item(), norm.item()
-    return step
+    return _stepper(fwd, model, opt, device, precision)
 
 
 TRAINERS = {"ours": _ours_trainer, "transformers": _hf_trainer, "nanoGPT-style": _nanogpt_trainer}
