@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -95,3 +97,25 @@ def tiny_data(tmp_path_factory) -> Path:
     out = root / "data"
     prepare([train_txt], out, tokenizer="bpe", vocab_size=512, val=[val_txt])
     return out
+
+
+class LocalServer(ThreadingHTTPServer):
+    """An HTTP server on 127.0.0.1 (a free port), serving `handler` from a daemon thread: the real
+    network peer that LLM-judge and summarizer tests talk to. Subclasses set their own state before
+    calling `start()`."""
+
+    daemon_threads = True
+
+    def __init__(self, handler):
+        super().__init__(("127.0.0.1", 0), handler)
+
+    def start(self):
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+    def close(self):
+        self.shutdown()
+        self.server_close()

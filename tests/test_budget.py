@@ -9,7 +9,6 @@ and the modern block (rope + RMSNorm + SwiGLU): gradients, and cached decoding a
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 import torch

@@ -187,7 +187,7 @@ def test_probe_scoring_by_hand():
 
 
 def test_probes_on_a_model(tiny, tmp_path):
-    from tinystories.evaluate.probes import Probe, load_probes, run_probes, score
+    from tinystories.evaluate.probes import load_probes, run_probes, score
 
     r = run_probes(tiny, out=str(tmp_path), device="cpu", max_new_tokens=8)
     probes = load_probes()

@@ -12,13 +12,12 @@ import json
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 import yaml
 
-from conftest import EVAL_PROMPTS, assert_one_line_error, run_cli
+from conftest import EVAL_PROMPTS, LocalServer, assert_one_line_error, run_cli
 from tinystories.errors import UserError
 from tinystories.evaluate.cache import JsonlCache
 from tinystories.evaluate.judge import JudgeTemplate, parse_grades
@@ -29,7 +28,7 @@ CATS = ["grammar", "creativity", "consistency", "plot"]
 
 # ------------------------------------------------------------------ the server
 
-class JudgeServer(ThreadingHTTPServer):
+class JudgeServer(LocalServer):
     """A chat-completions endpoint that grades deterministically and misbehaves on request.
 
     plan:        {request number (1-based): ("429", retry_after) | ("500",) | ("hang", seconds) | ("401",)}
@@ -39,10 +38,8 @@ class JudgeServer(ThreadingHTTPServer):
     down_after:  after this many well-formed grade replies, hang on everything
     """
 
-    daemon_threads = True
-
     def __init__(self, plan=None, status=None, modes=(), down_after=None):
-        super().__init__(("127.0.0.1", 0), _Handler)
+        super().__init__(_Handler)
         self.plan, self.status, self.down_after = dict(plan or {}), status, down_after
         self.mode_queue = list(modes)
         self.modes: dict[str, str] = {}
@@ -51,15 +48,7 @@ class JudgeServer(ThreadingHTTPServer):
         self.times: list[float] = []
         self.auth: set[str] = set()
         self.lock = threading.Lock()
-        threading.Thread(target=self.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/v1"
-
-    def close(self):
-        self.shutdown()
-        self.server_close()
+        self.start()
 
 
 def grades_for(text: str) -> tuple[dict, str]:

@@ -7,13 +7,12 @@ import hashlib
 import json
 import re
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
-from conftest import TRAIN_TXT, TRAIN_V2_TXT, assert_one_line_error, run_cli
+from conftest import TRAIN_TXT, TRAIN_V2_TXT, LocalServer, assert_one_line_error, run_cli
 from tinystories import instruct as ti
-from tinystories.instruct import InstructRecord
 
 
 def read_stories(path, n):
@@ -22,23 +21,13 @@ def read_stories(path, n):
 
 # ---------------------------------------------------------------- a chat-completions server
 
-class ChatServer(ThreadingHTTPServer):
+class ChatServer(LocalServer):
     """POST /v1/chat/completions answered by `reply(messages) -> str`; every request body is kept."""
 
-    daemon_threads = True
-
     def __init__(self, reply):
-        super().__init__(("127.0.0.1", 0), _Handler)
+        super().__init__(_Handler)
         self.reply, self.requests, self.lock = reply, [], threading.Lock()
-        threading.Thread(target=self.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/v1"
-
-    def close(self):
-        self.shutdown()
-        self.server_close()
+        self.start()
 
 
 class _Handler(BaseHTTPRequestHandler):
