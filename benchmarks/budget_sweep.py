@@ -15,7 +15,8 @@ A full grid at 30 minutes would take days on two cores, so the sweep is successi
   1. every shape of the grid (hidden 64..512, 2..8 layers, head size 16/32/64) at the smallest budget,
      with a learning rate scaled by width; then the best shapes again at half and twice that rate;
   2. at each larger budget, the best few shapes of the one before (each at its best rate), plus the
-     best shape bigger than the leader (bigger models gain most from more time) and the leader at half
+     best shape bigger than the leader (bigger models gain most from more time; if its rate was never
+     refined, the prior's rate corrected by the leader's refinement) and the leader at half
      its rate (longer runs may want a lower one);
   3. beside the halving: the leader of each budget with the modern block (rope + RMSNorm + SwiGLU)
      instead of GPT-Neo's, two more seeds of the 2-minute leader (the run-to-run spread), and at 10
@@ -189,8 +190,13 @@ def stages(res: Results, budgets: list[float], keep: list[int], shapes=SHAPES, l
         if ranked:
             size = lambda s: s.hidden ** 2 * s.layers  # noqa: E731 (non-embedding weights, up to a constant)
             bigger = [s for s in ranked[1:] if size(s) > size(ranked[0])]
-            if bigger and bigger[0] not in chosen:
-                chosen.append(bigger[0])
+            if bigger:
+                big = bigger[0]
+                if big.lr == lr_prior(big.hidden):
+                    # its rate was never refined: the prior, corrected as the leader's refinement corrected it
+                    big = big.with_(lr=round(lr_prior(big.hidden) * ranked[0].lr / lr_prior(ranked[0].hidden), 6))
+                if big not in chosen:
+                    chosen.append(big)
             if k >= 3:
                 chosen.append(ranked[0].with_(lr=round(ranked[0].lr * 0.5, 6)))
         yield f"rung {format_duration(b)}", [(s, b) for s in chosen]
@@ -330,12 +336,30 @@ def efficiency(res: Results, spec: Spec) -> float:
     return round(vals[len(vals) // 2], 4) if vals else 1.0
 
 
+MIN_MARGIN = 0.02                     # bits per byte: "clearly" is at least this, and at least the seed spread
+
+
+def block_wins(res: Results) -> dict[float, dict]:
+    """The modern block's run at each budget where it beat GPT-Neo's best by more than the run-to-run
+    spread (seeds of the same recipe): there, and only there, the table takes it. GPT-Neo stays the
+    default unless it loses clearly."""
+    sp = spread(res)
+    margin = max(MIN_MARGIN, sp[0] if sp else 0.0)
+    twins = {b: [r for r in res.runs(b, block="modern") if spec_of(r).with_(block="gpt-neo") == spec_of(neo)]
+             for b, neo in best_per_budget(res).items()}
+    return {b: ts[0] for b, ts in twins.items() if ts and ts[0]["bpb"] < best_per_budget(res)[b]["bpb"] - margin}
+
+
 def write_table(res: Results, path: Path) -> Table:
-    """The budget table: the best GPT-Neo recipe at each budget, with the FLOPs its run really trained."""
+    """The budget table: the best GPT-Neo recipe at each budget (or its modern-block twin where that won
+    clearly, see `block_wins`), with the FLOPs its run really trained."""
     rows = []
+    wins = block_wins(res)
     for b, r in best_per_budget(res).items():
+        r = wins.get(b, r)
+        block = MODERN if r["block"] == "modern" else {}
         tried = len({rr["key"] for rr in res.runs(b)})
-        rows.append(Row(budget_s=b, compute=r["flops"], hidden=r["hidden"], layers=r["layers"], heads=r["heads"],
+        rows.append(Row(**block, budget_s=b, compute=r["flops"], hidden=r["hidden"], layers=r["layers"], heads=r["heads"],
                         context=r["context"], batch_size=r["batch_size"], lr=r["lr"], warmup_frac=r["warmup_frac"],
                         weight_decay=r["weight_decay"], dropout=r["dropout"], bpb=round(r["bpb"], 4),
                         tokens=r["tokens"], tokens_per_s=r["tokens_per_s"], tried=tried,
@@ -393,11 +417,12 @@ def write_markdown(res: Results, table: Table, path: Path) -> None:
              f"Metric: {table.metric}. Training data: the three shared training files, BPE {DEFAULT_VOCAB}.", "",
              "| budget | training FLOPs (T) | recipes run | best shape | params | lr | batch | tokens | epochs | bits/byte |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    best = best_per_budget(res)
+    best = {**best_per_budget(res), **block_wins(res)}
     for row in table.rows:
         r = best.get(row.budget_s, {})
         lines.append(f"| {format_duration(row.budget_s)} | {row.compute / 1e12:.1f} | {row.tried} | "
-                     f"{row.hidden} x {row.layers}, {row.heads} heads of {row.hidden // row.heads} | "
+                     f"{row.hidden} x {row.layers}, {row.heads} heads of {row.hidden // row.heads}"
+                     f"{', ' + row.position + ' + ' + row.norm + ' + ' + row.mlp if row.position != 'learned' else ''} | "
                      f"{r.get('params', 0) / 1e6:.2f}M | {row.lr:g} | {row.batch_size} x {row.context} | "
                      f"{(row.tokens or 0) / 1e6:.2f}M | {r.get('epochs', 0):.1f} | {row.bpb:.3f} |")
     fit = scaling_fit(best)
@@ -410,6 +435,9 @@ def write_markdown(res: Results, table: Table, path: Path) -> None:
         lines += ["", "GPT-Neo block against the modern block (rope + RMSNorm + SwiGLU), the same recipe otherwise:", "",
                   "| budget | GPT-Neo | modern | difference |", "|---|---|---|---|"]
         lines += [f"| {format_duration(b)} | {n:.3f} | {m:.3f} | {m - n:+.3f} |" for b, n, m in mv]
+        wins = block_wins(res)
+        lines += ["", "The table takes the modern block where it won by more than the run-to-run spread (and at "
+                  f"least {MIN_MARGIN}): " + (", ".join(format_duration(b) for b in wins) if wins else "nowhere") + "."]
     sp = spread(res)
     if sp:
         lines += ["", f"Run-to-run spread (the first budget's leader over {len(sp[1])} seeds): "
