@@ -493,11 +493,11 @@ def plot(res: Results, path: Path) -> None:
     ax.legend(fontsize=8)
 
     mins = [b / 60 for b in best]
-    ax2.plot(mins, ys, "k-o", label="GPT-Neo (the default), best recipe")
+    ax2.plot(mins, ys, "k-o", label="GPT-Neo block, best recipe")
     mv = modern_verdict(res)
     if mv:
         ax2.plot([b / 60 for b, _, _ in mv], [m for _, _, m in mv], "s--", color="tab:orange",
-                 label="modern block (rope + RMSNorm + SwiGLU), same recipe")
+                 label="modern block (rope + RMSNorm + SwiGLU), same recipe: the table takes it where it wins clearly")
     for v, marker in ((4096, "^"), (2048, "v")):
         rs = res.runs(block="gpt-neo", vocab=v)
         if rs:
