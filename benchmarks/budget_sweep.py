@@ -345,9 +345,10 @@ def block_wins(res: Results) -> dict[float, dict]:
     default unless it loses clearly."""
     sp = spread(res)
     margin = max(MIN_MARGIN, sp[0] if sp else 0.0)
+    best = best_per_budget(res)
     twins = {b: [r for r in res.runs(b, block="modern") if spec_of(r).with_(block="gpt-neo") == spec_of(neo)]
-             for b, neo in best_per_budget(res).items()}
-    return {b: ts[0] for b, ts in twins.items() if ts and ts[0]["bpb"] < best_per_budget(res)[b]["bpb"] - margin}
+             for b, neo in best.items()}
+    return {b: ts[0] for b, ts in twins.items() if ts and ts[0]["bpb"] < best[b]["bpb"] - margin}
 
 
 def write_table(res: Results, path: Path) -> Table:
