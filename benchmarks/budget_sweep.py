@@ -22,8 +22,8 @@ A full grid at 30 minutes would take days on two cores, so the sweep is successi
      instead of GPT-Neo's, two more seeds of the 2-minute leader (the run-to-run spread), and at 10
      minutes the leader with other vocabularies, a larger batch and a longer context; at 30 minutes
      with dropout.
-The best GPT-Neo recipe at each budget, with the compute the budget meant here (the reference model's
-FLOP/s from `tinystories.budget.probe` x seconds), becomes src/tinystories/resources/budget_table.json:
+The best GPT-Neo recipe at each budget (its modern-block twin where that won by more than the seed
+spread), with the FLOPs its run trained, becomes src/tinystories/resources/budget_table.json:
 the table `tinystories train --max-time T` without a preset picks from. The report also writes
 benchmarks/results/budget_sweep.png (the paper's Figure 6: best loss against compute, the winning shape
 at each point) and benchmarks/results/budget_table.md.
@@ -345,10 +345,7 @@ def block_wins(res: Results) -> dict[float, dict]:
     default unless it loses clearly."""
     sp = spread(res)
     margin = max(MIN_MARGIN, sp[0] if sp else 0.0)
-    best = best_per_budget(res)
-    twins = {b: [r for r in res.runs(b, block="modern") if spec_of(r).with_(block="gpt-neo") == spec_of(neo)]
-             for b, neo in best.items()}
-    return {b: ts[0] for b, ts in twins.items() if ts and ts[0]["bpb"] < best[b]["bpb"] - margin}
+    return {b: twin for b, (neo, twin) in modern_twins(res).items() if twin["bpb"] < neo["bpb"] - margin}
 
 
 def write_table(res: Results, path: Path) -> Table:
@@ -390,14 +387,19 @@ def scaling_fit(best: dict[float, dict]) -> tuple[float, int, float] | None:
     return slope([math.log(r["params"]) for r in rs]), len(rs), slope([math.log(r["tokens"]) for r in rs])
 
 
-def modern_verdict(res: Results) -> list[tuple[float, float, float]]:
-    """(budget, GPT-Neo bpb, modern bpb) for every budget where the leader ran with both blocks."""
-    out = []
+def modern_twins(res: Results) -> dict[float, tuple[dict, dict]]:
+    """(GPT-Neo's best run, its modern-block twin) for every budget where the leader ran with both blocks."""
+    out = {}
     for b, neo in best_per_budget(res).items():
         twin = [r for r in res.runs(b, block="modern") if spec_of(r).with_(block="gpt-neo") == spec_of(neo)]
         if twin:
-            out.append((b, neo["bpb"], twin[0]["bpb"]))
+            out[b] = (neo, twin[0])
     return out
+
+
+def modern_verdict(res: Results) -> list[tuple[float, float, float]]:
+    """(budget, GPT-Neo bpb, modern bpb) for every budget where the leader ran with both blocks."""
+    return [(b, neo["bpb"], twin["bpb"]) for b, (neo, twin) in modern_twins(res).items()]
 
 
 def spread(res: Results) -> tuple[float, list[float]] | None:
