@@ -361,10 +361,12 @@ def plan(cfg, data, device, *, table: Table | None = None, say: Callable[[str], 
         f"here; as the sweep's {format_duration(row.budget_s)} winner ({got}{tried}{table.machine}) it trained "
         f"{row.compute / 1e12:.1f}: the nearest of the sweep's {len(table.rows)} budgets")
     if not 0.5 < row_compute / row.compute < 2:
-        say("budget: note: " + ("less compute than the sweep's smallest budget: its recipe may be too big here"
-                                if row_compute < row.compute else
-                                "more compute than the sweep's largest budget: a bigger model would likely use this "
-                                "machine better (try a --preset)"))
+        ratio = row_compute / row.compute
+        say("budget: note: " + (f"{ratio:.2g}x the compute of the sweep's smallest budget: its recipe may be too big "
+                                "here"
+                                if ratio < 1 else
+                                f"{ratio:.1f}x the compute of the sweep's largest budget: its recipe, on a longer "
+                                "schedule; the sweep has not measured whether a bigger model does better here"))
     say(f"budget: picked {shape.shape()}, context {context}, batch {batch} x {context}, lr {new.lr:g}, "
         f"warmup {new.warmup_steps} steps, weight decay {new.weight_decay:g}, dropout {model['dropout']:g}"
         + (f" (yours: {', '.join(kept)})" if kept else ""))
