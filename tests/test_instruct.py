@@ -198,6 +198,27 @@ def test_build_records_on_real_stories_is_seeded_and_honest():
     assert counts["features"] > 60 and counts["summary"] == 0
 
 
+def test_rare_word_pick_asks_for_the_words_few_stories_have():
+    # uniform over a story's words mostly asks for happy/girl/play, which a model writes anyway; weighting by
+    # 1/document frequency spreads the asks over the vocabulary, as the dataset's uniform word draw did
+    stories = _plain_stories(TRAIN_TXT, 400)
+    df = ti.word_document_frequencies(stories)
+    assert df["happy"] > 100 and df["girl"] > 100 and 0 < df["octopus"] < 5
+    uniform = list(ti.build_records(stories, ti.BuildConfig(seed=0, p_field=1.0)))
+    rare = list(ti.build_records(stories, ti.BuildConfig(seed=0, p_field=1.0, word_df=df)))
+    again = list(ti.build_records(stories, ti.BuildConfig(seed=0, p_field=1.0, word_df=df)))
+    assert rare == again
+    for story, r in zip(stories, rare):
+        assert all(ti.word_used(w, story) for w in r.words)
+
+    def mean_df(recs):
+        words = [w for r in recs for w in r.words]
+        return sum(df[w] for w in words) / len(words), len(set(words))
+
+    (u_df, u_distinct), (r_df, r_distinct) = mean_df(uniform), mean_df(rare)
+    assert r_df < u_df / 2 and r_distinct > 1.4 * u_distinct
+
+
 def test_build_with_a_summarizer_calls_it_only_when_drawn():
     calls = []
 
@@ -236,6 +257,8 @@ def test_word_usage_counts_inflections():
     assert not ti.word_used("happy", "She danced happily.")  # a derived word is not an inflection
     assert ti.word_used("Butterfly", "Two butterflies flew.")
     assert ti.word_used("dog", "The dog's bone.") and not ti.word_used("win", "He won't go.")
+    # forms the lexicon's inflection table lacks: a modal-like verb, an irregular participle
+    assert ti.word_used("dare", "He dared to jump.") and ti.word_used("prove", "It was proven.")
     assert ti.word_tokens("The dogs' ball isn't Tom's.") == ["The", "dogs", "ball", "isn't", "Tom"]
     a = ti.adherence(InstructRecord(words=["run", "happy", "dog"]), story)
     assert a.words_used == ["run", "dog"] and a.words_missing == ["happy"]

@@ -143,6 +143,8 @@ def test_cli_instruct_bad_input(tmp_path):
     assert_one_line_error(run_cli("instruct", "build", TRAIN_TXT, "--out", tmp_path / "n.txt", "--limit", 0),
                           "--limit")
     assert_one_line_error(run_cli("instruct", "build", TRAIN_TXT, "--out", tmp_path / "n.txt",
+                                  "--frequency-stories", 0), "--frequency-stories")
+    assert_one_line_error(run_cli("instruct", "build", TRAIN_TXT, "--out", tmp_path / "n.txt",
                                   "--summarizer-url", "http://127.0.0.1:9/v1"), "--summarizer-model")
     bad = tmp_path / "bad.txt"
     bad.write_text("Words: dog, cat\n<|endoftext|>\nOnce upon a time\n<|endoftext|>\n")

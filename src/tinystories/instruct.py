@@ -30,9 +30,10 @@ import random
 import re
 import tempfile
 import unicodedata
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 from .errors import UserError
 
@@ -326,6 +327,9 @@ def word_forms(word: str) -> frozenset[str]:
         infl = getAllInflections(lemma)
         if not infl:
             infl = {**getAllInflectionsOOV(lemma, "NOUN"), **getAllInflectionsOOV(lemma, "VERB")}
+        elif "VERB" in _lemmas(lemma) and not any(t in infl for t in ("VBD", "VBZ")):
+            # verbs the lexicon keeps as modals ('dare': no dared, dares) get the regular endings
+            infl = {**infl, **getAllInflectionsOOV(lemma, "VERB")}
         forms.update(f.lower() for fs in infl.values() for f in fs)
     return frozenset(forms)
 
@@ -385,6 +389,26 @@ class BuildConfig:
     p_field: float = 0.5
     min_sentence_words: int = 3
     shuffle_order: bool = True  # the dataset's field order varies; so does ours
+    # lemma -> number of stories it occurs in (`word_document_frequencies`). Given, each word of a story
+    # is drawn with weight 1/df, so that over the corpus every word is asked for about equally often, as
+    # in the dataset, whose words were drawn uniformly from a fixed vocabulary before the story was
+    # written. None: uniform over the story's words, which mostly asks for words every story has
+    # (happy, girl, play) and so teaches a model nothing about following the Words line.
+    word_df: Mapping[str, int] | None = None
+
+
+def word_document_frequencies(stories: Iterable[str]) -> Counter:
+    """lemma -> the number of `stories` it occurs in, over the words `content_words` can pick."""
+    df: Counter = Counter()
+    for story in stories:
+        df.update({w for words in content_words(story).values() for w in words})
+    return df
+
+
+def _pick_word(words: list[str], rng: random.Random, df: Mapping[str, int] | None) -> str:
+    if df is None:
+        return rng.choice(words)
+    return rng.choices(words, weights=[1.0 / max(1, df.get(w, 1)) for w in words])[0]
 
 
 def candidate_sentences(story: str, min_words: int = 3) -> list[str]:
@@ -405,7 +429,7 @@ def build_record(story: str, rng: random.Random, cfg: BuildConfig = BuildConfig(
     avail: dict[str, object] = {}
     cw = content_words(story)
     if all(cw.values()):
-        avail["words"] = [rng.choice(cw["VERB"]), rng.choice(cw["NOUN"]), rng.choice(cw["ADJ"])]
+        avail["words"] = [_pick_word(cw[pos], rng, cfg.word_df) for pos in ("VERB", "NOUN", "ADJ")]
     sents = candidate_sentences(story, cfg.min_sentence_words)
     if sents:
         avail["sentence"] = rng.choice(sents)
@@ -525,9 +549,16 @@ class Adherence:
 
 
 def word_used(word: str, story: str) -> bool:
-    """Whether the story uses `word` in any inflection (run: run, runs, ran, running), any case."""
+    """Whether the story uses `word` in any inflection (run: run, runs, ran, running), any case: a story
+    word counts when it is one of `word_forms`, or when the lexicon gives it `word`'s lemma (proven: prove)."""
     forms = word_forms(word)
-    return any(t.lower() in forms for t in word_tokens(story))
+    word = word.strip().lower()
+    base = {word} | {l.lower() for ls in _lemmas(word).values() for l in ls}
+    for t in word_tokens(story):
+        t = t.lower()
+        if t in forms or any(l.lower() in base for ls in _lemmas(t).values() for l in ls):
+            return True
+    return False
 
 
 def sentence_present(sentence: str, story: str) -> bool:

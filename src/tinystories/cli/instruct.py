@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 
 from ..errors import UserError
@@ -26,6 +27,12 @@ def add_parser(subparsers) -> None:
     b.add_argument("--out", required=True, help="the instruct txt file to write")
     b.add_argument("--seed", type=int, default=0, help="seed for the instruction choices (default 0)")
     b.add_argument("--limit", type=int, default=None, help="stop after this many stories")
+    b.add_argument("--words-pick", choices=("rare", "any"), default="rare",
+                   help="rare (default): each of a story's words drawn with weight 1 / the number of stories "
+                        "it occurs in, so every word is asked for about equally often over the corpus, as in "
+                        "the dataset; any: uniform over the story's words (mostly happy, girl, play)")
+    b.add_argument("--frequency-stories", type=int, default=50_000, metavar="N",
+                   help="count word frequencies on the first N stories (default 50,000; a first pass)")
     b.add_argument("--summarizer-url", default=None,
                    help="OpenAI-compatible endpoint (e.g. http://127.0.0.1:8000/v1) that writes the summaries")
     b.add_argument("--summarizer-model", default=None, help="model name to ask the summarizer for")
@@ -50,6 +57,7 @@ def add_parser(subparsers) -> None:
 def _build(args: argparse.Namespace) -> int:
     from .. import instruct
     from ..sources import iter_stories
+    from ..utils import progress
 
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit {args.limit}: must be a positive number of stories")
@@ -69,7 +77,16 @@ def _build(args: argparse.Namespace) -> int:
                 if args.limit is not None and n >= args.limit:
                     return
 
-    cfg = instruct.BuildConfig(seed=args.seed)
+    df = None
+    if args.words_pick == "rare":
+        if args.frequency_stories < 1:
+            raise UserError(f"--frequency-stories {args.frequency_stories}: must be a positive number of stories")
+        if os.path.exists(args.out) and not args.force:  # before the first pass, not after it
+            raise UserError(f"--out {args.out} already exists; pass --force to replace it")
+        n_df = min(args.frequency_stories, args.limit or args.frequency_stories)
+        df = instruct.word_document_frequencies(
+            progress(itertools.islice(stories(), n_df), desc="word frequencies", unit="story", total=n_df))
+    cfg = instruct.BuildConfig(seed=args.seed, word_df=df)
     n = instruct.write_records(instruct.build_records(stories(), cfg, summarize), args.out, force=args.force,
                                progress_desc="instruct build", total=args.limit)
     print(f"wrote {n} instruct records to {args.out}")
