@@ -86,11 +86,14 @@ def atomic_dir(path: str | os.PathLike, force: bool = False, option: str = "--ou
 
 def progress(iterable=None, *, total=None, desc: str = "", unit: str = "it", unit_scale: bool = False,
              leave: bool = True, disable: bool | None = None, **kw):
-    """A tqdm bar on stderr; quiet when TINYSTORIES_QUIET=1 (tests, scripts)."""
+    """A tqdm bar on stderr; quiet when TINYSTORIES_QUIET=1 (tests, scripts). Into a log file (stderr not a
+    terminal) it is redrawn every 30 s rather than every step, so a long run's log stays readable."""
     from tqdm.auto import tqdm
 
     if disable is None:
         disable = os.environ.get("TINYSTORIES_QUIET") == "1"
+    if not kw.get("mininterval") and not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty()):
+        kw["mininterval"] = 30.0
     return tqdm(iterable, total=total, desc=desc, unit=unit, unit_scale=unit_scale, leave=leave,
                 disable=disable, dynamic_ncols=True, file=sys.stderr, **kw)
 
