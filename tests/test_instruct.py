@@ -259,6 +259,8 @@ def test_word_usage_counts_inflections():
     assert ti.word_used("dog", "The dog's bone.") and not ti.word_used("win", "He won't go.")
     # forms the lexicon's inflection table lacks: a modal-like verb, an irregular participle
     assert ti.word_used("dare", "He dared to jump.") and ti.word_used("prove", "It was proven.")
+    a = ti.adherence(InstructRecord(story="", words=["dare", "prove", "cat"]), "He dared it. It was proven.")
+    assert a.words_used == ["dare", "prove"] and a.words_missing == ["cat"]   # the metric evaluate reports
     assert ti.word_tokens("The dogs' ball isn't Tom's.") == ["The", "dogs", "ball", "isn't", "Tom"]
     a = ti.adherence(InstructRecord(words=["run", "happy", "dog"]), story)
     assert a.words_used == ["run", "dog"] and a.words_missing == ["happy"]

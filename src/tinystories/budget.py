@@ -360,8 +360,8 @@ def plan(cfg, data, device, *, table: Table | None = None, say: Callable[[str], 
     say(f"budget: in the {format_duration(left)} left its {row.label()} model would train {row_compute / 1e12:.1f} TFLOP "
         f"here; as the sweep's {format_duration(row.budget_s)} winner ({got}{tried}{table.machine}) it trained "
         f"{row.compute / 1e12:.1f}: the nearest of the sweep's {len(table.rows)} budgets")
-    if not 0.5 < row_compute / row.compute < 2:
-        ratio = row_compute / row.compute
+    ratio = row_compute / row.compute
+    if not 0.5 < ratio < 2:
         say("budget: note: " + (f"{ratio:.2g}x the compute of the sweep's smallest budget: its recipe may be too big "
                                 "here"
                                 if ratio < 1 else

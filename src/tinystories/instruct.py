@@ -327,9 +327,6 @@ def word_forms(word: str) -> frozenset[str]:
         infl = getAllInflections(lemma)
         if not infl:
             infl = {**getAllInflectionsOOV(lemma, "NOUN"), **getAllInflectionsOOV(lemma, "VERB")}
-        elif "VERB" in _lemmas(lemma) and not any(t in infl for t in ("VBD", "VBZ")):
-            # verbs the lexicon keeps as modals ('dare': no dared, dares) get the regular endings
-            infl = {**infl, **getAllInflectionsOOV(lemma, "VERB")}
         forms.update(f.lower() for fs in infl.values() for f in fs)
     return frozenset(forms)
 
@@ -550,15 +547,18 @@ class Adherence:
 
 def word_used(word: str, story: str) -> bool:
     """Whether the story uses `word` in any inflection (run: run, runs, ran, running), any case: a story
-    word counts when it is one of `word_forms`, or when the lexicon gives it `word`'s lemma (proven: prove)."""
-    forms = word_forms(word)
+    word counts when it is one of `word_forms`, or when the lexicon gives it `word`'s lemma (proven: prove;
+    dared: dare, which the lexicon's inflection table lacks)."""
+    return _uses(word, {t.lower() for t in word_tokens(story)})
+
+
+def _uses(word: str, tokens: set[str]) -> bool:
+    """`word_used` on a story's lowercased word set."""
+    if word_forms(word) & tokens:
+        return True
     word = word.strip().lower()
     base = {word} | {l.lower() for ls in _lemmas(word).values() for l in ls}
-    for t in word_tokens(story):
-        t = t.lower()
-        if t in forms or any(l.lower() in base for ls in _lemmas(t).values() for l in ls):
-            return True
-    return False
+    return any(l.lower() in base for t in tokens for ls in _lemmas(t).values() for l in ls)
 
 
 def sentence_present(sentence: str, story: str) -> bool:
@@ -573,7 +573,7 @@ def adherence(instr: InstructRecord, story: str) -> Adherence:
     if instr.words:
         toks = {t.lower() for t in word_tokens(story)}
         for w in instr.words:
-            (a.words_used if word_forms(w) & toks else a.words_missing).append(w)
+            (a.words_used if _uses(w, toks) else a.words_missing).append(w)
         a.word_share = len(a.words_used) / len(instr.words)
     if instr.sentence:
         a.sentence_present = sentence_present(instr.sentence, story)
