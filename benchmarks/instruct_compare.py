@@ -53,6 +53,9 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=3e-3, help="peak learning rate for both models (default 3e-3: "
                     "the budget sweep's best rates for 64-wide models at 2 minutes were 2.8e-3 to 5.7e-3; "
                     "the training default of 1e-3 leaves a 1M model babbling after 600 steps)")
+    ap.add_argument("--draws", type=int, default=1, help="instruct records per training story (`instruct build "
+                    "--draws`, default 1): the instruct model sees each story N times with N instruction draws "
+                    "in the steps the plain model spends on N epochs of the stories")
     ap.add_argument("--samples", type=int, default=2, help="stories per instruction set (default 2)")
     ap.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary for both data dirs")
     ap.add_argument("--work", default=None, help="where data, runs and results go; steps whose output is there "
@@ -69,7 +72,7 @@ def main() -> int:
     valid = str(SHARED / VALID)
     records, val_records = work / "instruct-train.txt", work / "instruct-val.txt"
     if not records.exists():
-        run("instruct", "build", *train, "--out", records, "--seed", args.seed)
+        run("instruct", "build", *train, "--out", records, "--seed", args.seed, "--draws", args.draws)
         run("instruct", "check", "--against", records, *train)  # the 50 eval sets vs the training records
     if not val_records.exists():
         run("instruct", "build", valid, "--out", val_records, "--seed", args.seed + 1)
@@ -92,7 +95,8 @@ def main() -> int:
     def pct(v):
         return "  n/a" if v["mean"] is None else f"{100 * v['mean']:5.1f}%"
 
-    print(f"\n{args.preset}, {args.max_steps} training steps each at lr {args.lr:g}, 50 instruction sets x {args.samples} stories")
+    print(f"\n{args.preset}, {args.max_steps} training steps each at lr {args.lr:g}, "
+          f"{args.draws} instruct record(s) per story, 50 instruction sets x {args.samples} stories")
     print(f"{'model':<10} {'words used':>10} {'95% interval':>14} {'all 3 used':>10} {'sentence':>9} {'features':>9}")
     for name, s in results.items():
         lo, hi = s["word_share"]["ci95"]
@@ -100,7 +104,7 @@ def main() -> int:
         print(f"{name:<10} {pct(s['word_share']):>10} {ci:>14} {pct(s['all_words_used']):>10} "
               f"{pct(s['sentence_present']):>9} {pct(s['feature_share']):>9}")
     (work / "compare.json").write_text(json.dumps({"preset": args.preset, "max_steps": args.max_steps, "lr": args.lr,
-                                                   "samples": args.samples, "results": results}, indent=2))
+                                                   "draws": args.draws, "samples": args.samples, "results": results}, indent=2))
     return 0
 
 

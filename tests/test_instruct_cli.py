@@ -133,6 +133,28 @@ def test_cli_build_with_summarizer_and_check(server_factory, tmp_path):
                           "word set of set(s) 1")
 
 
+def test_cli_build_draws_are_passes_with_their_own_instructions(tmp_path):
+    out = tmp_path / "drawn.txt"
+    proc = run_cli("instruct", "build", TRAIN_TXT, "--out", out, "--limit", 20, "--draws", 3, "--seed", 5,
+                   check=True)
+    assert "wrote 60 instruct records" in proc.stdout
+    recs = ti.read_records(out)
+    stories = [s.strip() for s in read_stories(TRAIN_TXT, 20)]
+    # three whole passes in source order: a story's records are 20 apart, never side by side
+    assert [r.story for r in recs] == stories * 3
+    passes = [[ti.format_instructions(r.instructions()) for r in recs[i * 20:(i + 1) * 20]] for i in range(3)]
+    assert sum(a != b for a, b in zip(passes[0], passes[1])) >= 10
+    assert sum(a != b for a, b in zip(passes[1], passes[2])) >= 10
+    # every draw is true of its story, as in a single pass
+    for r in recs:
+        assert all(ti.word_used(w, r.story) for w in r.words)
+        assert r.sentence is None or r.sentence in r.story
+    # seeded: the same command writes the same file
+    again = tmp_path / "again.txt"
+    run_cli("instruct", "build", TRAIN_TXT, "--out", again, "--limit", 20, "--draws", 3, "--seed", 5, check=True)
+    assert again.read_text() == out.read_text()
+
+
 def test_cli_instruct_bad_input(tmp_path):
     out = tmp_path / "o.txt"
     out.write_text("x")
@@ -144,6 +166,8 @@ def test_cli_instruct_bad_input(tmp_path):
                           "--limit")
     assert_one_line_error(run_cli("instruct", "build", TRAIN_TXT, "--out", tmp_path / "n.txt",
                                   "--frequency-stories", 0), "--frequency-stories")
+    assert_one_line_error(run_cli("instruct", "build", TRAIN_TXT, "--out", tmp_path / "n.txt", "--draws", 0),
+                          "--draws")
     assert_one_line_error(run_cli("instruct", "build", TRAIN_TXT, "--out", tmp_path / "n.txt",
                                   "--summarizer-url", "http://127.0.0.1:9/v1"), "--summarizer-model")
     bad = tmp_path / "bad.txt"

@@ -31,6 +31,10 @@ def add_parser(subparsers) -> None:
                    help="rare (default): each of a story's words drawn with weight 1 / the number of stories "
                         "it occurs in, so every word is asked for about equally often over the corpus, as in "
                         "the dataset; any: uniform over the story's words (mostly happy, girl, play)")
+    b.add_argument("--draws", type=int, default=1, metavar="N",
+                   help="records per story (default 1): N passes over the sources, each drawing its own "
+                        "instructions, so a story comes back with other words to use; passes, not adjacent "
+                        "copies, so no training window holds a story twice")
     b.add_argument("--frequency-stories", type=int, default=50_000, metavar="N",
                    help="count word frequencies on the first N stories (default 50,000; a first pass)")
     b.add_argument("--summarizer-url", default=None,
@@ -61,6 +65,8 @@ def _build(args: argparse.Namespace) -> int:
 
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit {args.limit}: must be a positive number of stories")
+    if args.draws < 1:
+        raise UserError(f"--draws {args.draws}: must be a positive number of records per story")
     if (args.summarizer_url is None) != (args.summarizer_model is None):
         raise UserError("--summarizer-url and --summarizer-model go together; give both or neither")
     summarize = None
@@ -87,8 +93,10 @@ def _build(args: argparse.Namespace) -> int:
         df = instruct.word_document_frequencies(
             progress(itertools.islice(stories(), n_df), desc="word frequencies", unit="story", total=n_df))
     cfg = instruct.BuildConfig(seed=args.seed, word_df=df)
-    n = instruct.write_records(instruct.build_records(stories(), cfg, summarize), args.out, force=args.force,
-                               progress_desc="instruct build", total=args.limit)
+    passes = itertools.chain.from_iterable(stories() for _ in range(args.draws))
+    n = instruct.write_records(instruct.build_records(passes, cfg, summarize), args.out, force=args.force,
+                               progress_desc="instruct build",
+                               total=None if args.limit is None else args.limit * args.draws)
     print(f"wrote {n} instruct records to {args.out}")
     return 0
 
