@@ -334,3 +334,74 @@ def test_evaluate_instruct_bad_input(instruct_model, tmp_path):
     assert_one_line_error(run_cli("evaluate", "instruct", instruct_model, "--samples", 0), "--samples")
     assert_one_line_error(run_cli("evaluate", "instruct", instruct_model, "--judge-url", "http://127.0.0.1:9/v1"),
                           "--judge-model")
+    assert_one_line_error(run_cli("evaluate", "instruct", instruct_model, "--words-probe", tmp_path / "np.txt"),
+                          "--words-probe", "np.txt")
+    one = tmp_path / "one.txt"
+    one.write_text("Words: dog, run, happy\nStory: The dog ran.\n<|endoftext|>\n")
+    assert_one_line_error(run_cli("evaluate", "instruct", instruct_model, "--limit", 1, "--samples", 1,
+                                  "--max-new-tokens", 5, "--words-probe", one), "at least 2 records")
+
+
+def test_words_probe_is_the_story_loss_after_other_words_minus_own(instruct_model, tmp_path):
+    """The probe against the model's own loss, computed here from the two full training texts."""
+    import torch
+
+    from tinystories.modeldir import load_model
+
+    recs = [r for r in ti.build_records(read_stories(TRAIN_V2_TXT, 40), ti.BuildConfig(seed=1, p_field=1.0))
+            if r.words]
+    a = recs[0]
+    b = next(r for r in recs[1:] if not {ti.lemma(w) for w in r.words} & {ti.lemma(w) for w in a.words})
+    path = tmp_path / "two.txt"
+    path.write_text("".join(ti.format_record(r) + "\n<|endoftext|>\n" for r in (a, b)))
+    out = tmp_path / "rep"
+    proc = run_cli("evaluate", "instruct", instruct_model, "--limit", 1, "--samples", 1, "--max-new-tokens", 5,
+                   "--words-probe", path, "--out", out, check=True)
+    assert "words probe: a story costs" in proc.stdout
+    probe = json.loads((out / "instruct.json").read_text())["words_probe"]
+    assert probe["n"] == 2 and "words probe" in (out / "instruct.md").read_text()
+
+    model, tok = load_model(instruct_model)
+    ctx = model.config.context
+
+    def story_loss(rec, words):
+        lines = ti.format_instructions(ti.InstructRecord(story="", words=words, sentence=rec.sentence,
+                                                         features=rec.features, order=rec.order))
+        head = [tok.eot_id] + tok.encode(lines + "Story:")
+        return head, tok.encode(" " + rec.story)
+
+    expected = []
+    for rec, other in ((a, b), (b, a)):
+        (h1, story), (h2, _) = story_loss(rec, rec.words), story_loss(rec, other.words)
+        story = story[:ctx - max(len(h1), len(h2))]
+        costs = []
+        for head in (h1, h2):
+            ids = torch.tensor([head + story])
+            targets = ids[:, 1:].clone()
+            targets[:, :len(head) - 1] = -1                 # score the story's tokens only
+            with torch.no_grad():
+                costs.append(model(ids[:, :-1], targets=targets).item() * len(story))
+        expected.append(costs[1] - costs[0])
+    assert probe["mean"] == pytest.approx(sum(expected) / 2, rel=1e-4, abs=1e-4)
+    assert expected[0] != expected[1]                         # two different stories, two different costs
+
+
+def test_paired_word_share_on_known_reports():
+    from tinystories.errors import UserError
+    from tinystories.evaluate.instruct import paired_word_share
+
+    def report(shares):
+        return {"sets": [{"instructions": f"Words: w{i}", "stories": [{"word_share": v} for v in row]}
+                         for i, row in enumerate(shares)]}
+
+    a = report([[0.5, 0.5], [0.0, 0.0], [1 / 3], [None]])
+    b = report([[0.0, 0.0], [0.0, 0.0], [1 / 3], [0.5]])
+    p = paired_word_share(a, b)
+    assert p["mean"] == pytest.approx(0.5 / 3) and p["n"] == 3     # the set without a share on one side drops
+    assert (p["sets_a_higher"], p["sets_b_higher"], p["sets_tied"]) == (1, 0, 2)
+    assert p["ci95"][0] == pytest.approx(0.0) and p["ci95"][1] == pytest.approx(0.5)
+    assert paired_word_share(b, a)["mean"] == pytest.approx(-0.5 / 3)
+    c = report([[0.5]] * 4)
+    c["sets"][2]["instructions"] = "Words: other"
+    with pytest.raises(UserError, match="same instruction sets"):
+        paired_word_share(a, c)

@@ -174,6 +174,10 @@ def add_evaluate_parser(subparsers) -> None:
     q.add_argument("--max-new-tokens", type=int, default=300)
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N instruction sets")
+    q.add_argument("--words-probe", default=None, metavar="RECORDS",
+                   help="instruct records the model did not train on (e.g. built from the validation stories): "
+                        "also report how much likelier each story is after its own Words line than after another "
+                        "record's, in nats (against a plain model's number: any model is primed by words in its context)")
     q.add_argument("--judge-model", default=None,
                    help="judge model name; without it, only the adherence metrics are computed")
     q.add_argument("--judge-url", default=None,
@@ -193,7 +197,7 @@ def add_evaluate_parser(subparsers) -> None:
 
 def _evaluate(a: argparse.Namespace) -> int:
     from ..evaluate.common import fmt
-    from ..evaluate.instruct import LABELS, InstructEvalConfig, evaluate_instruct
+    from ..evaluate.instruct import LABELS, InstructEvalConfig, evaluate_instruct, probe_line
 
     if a.judge_url and not a.judge_model:
         raise UserError("--judge-url needs --judge-model (the model to ask for)")
@@ -203,7 +207,7 @@ def _evaluate(a: argparse.Namespace) -> int:
         top_k=a.top_k, max_new_tokens=a.max_new_tokens, seed=a.seed, limit=a.limit, judge_model=a.judge_model,
         judge_url=a.judge_url, api_key_env=a.judge_key_env, template=a.template, concurrency=a.concurrency,
         timeout=a.timeout, max_retries=a.retries, cache="" if a.no_cache else a.cache, out=a.out,
-        device=a.device))
+        device=a.device, words_probe=a.words_probe))
     st = r["settings"]
     mode = "story start only (--plain)" if st["plain"] else "instruction prompts"
     print(f"{len(r['sets'])} instruction sets x {st['samples']} stories, {mode}")
@@ -212,6 +216,8 @@ def _evaluate(a: argparse.Namespace) -> int:
             lo, hi = v["ci95"]
             ci = "" if lo is None else f"  (95% {lo:.3f}-{hi:.3f})"
             print(f"{LABELS.get(k, k.replace('judge_', 'judge: ')):<30} {fmt(v['mean'], 3)}{ci}")
+    if r["words_probe"]:
+        print(probe_line(r["words_probe"]))
     if "judge_unparseable" in r["summary"]:
         print(f"judge: {r['summary']['judge_unparseable']} unparseable")
     return 0

@@ -48,6 +48,7 @@ class InstructEvalConfig:
     cache: str | None = None            # None: <cache dir>/instruct-eval.jsonl; "" disables the cache
     out: str | None = None              # None: MODEL_DIR/eval
     device: str = "auto"
+    words_probe: str | None = None      # instruct records: also run `words_line_probe` on them
 
 
 def set_seed(seed: int, prompt: str) -> int:
@@ -80,6 +81,8 @@ def evaluate_instruct(cfg: InstructEvalConfig) -> dict:
     if cfg.limit is not None and cfg.limit < 1:
         raise UserError(f"--limit must be at least 1, got {cfg.limit}")
     sets = instruct.load_instructions(cfg.instructions)[:cfg.limit]
+    if cfg.words_probe is not None and not Path(cfg.words_probe).is_file():
+        raise UserError(f"--words-probe {cfg.words_probe}: no such file")
     judge = _judge(cfg) if cfg.judge_model else None     # a bad template fails before any generation
     weights = model_fingerprint(model_dir)
 
@@ -109,6 +112,10 @@ def evaluate_instruct(cfg: InstructEvalConfig) -> dict:
                       "template_sha": judge.template.fingerprint, "params": judge.params,
                       "requests_sent": judge.client.requests_sent}
 
+    probe = None
+    if cfg.words_probe is not None:
+        probe = words_line_probe(model_dir, cfg.words_probe, device=cfg.device)
+
     report = {
         "kind": "instruct",
         "model": {"dir": str(model_dir), "weights_sha256": weights},
@@ -117,6 +124,7 @@ def evaluate_instruct(cfg: InstructEvalConfig) -> dict:
                      "instructions": cfg.instructions or f"packaged:{instruct.EVAL_SET_FILE}"},
         "judge": judge_info,
         "summary": summarize(per_set, judge.template.categories if judge else []),
+        "words_probe": probe,
         "sets": per_set,
     }
     write_report(report_dir(model_dir, cfg.out), "instruct", report, markdown(report))
@@ -161,8 +169,85 @@ def summarize(per_set: list[dict], categories: list[str]) -> dict:
     return out
 
 
+def paired_word_share(a: dict, b: dict, reps: int = 2000, seed: int = 0) -> dict:
+    """Report `a` minus report `b` (two `evaluate_instruct` reports on the same instruction sets, e.g. the
+    instruct model and the plain model): the mean over sets of the difference in word share, a 95% interval
+    that resamples sets, and how many sets each side wins. Pairing by set removes what the sets' words
+    themselves contribute (some words every story uses), so it sees a smaller difference than two intervals."""
+    sa, sb = a["sets"], b["sets"]
+    if [r["instructions"] for r in sa] != [r["instructions"] for r in sb]:
+        raise UserError("the two reports were not made on the same instruction sets")
+
+    def share(row):
+        v = [st["word_share"] for st in row["stories"] if st["word_share"] is not None]
+        return sum(v) / len(v) if v else None
+
+    diffs = [x - y for x, y in ((share(ra), share(rb)) for ra, rb in zip(sa, sb)) if x is not None and y is not None]
+    ci = mean_ci([[d] for d in diffs], reps=reps, seed=seed)
+    return {**ci, "sets_a_higher": sum(d > 0 for d in diffs), "sets_b_higher": sum(d < 0 for d in diffs),
+            "sets_tied": sum(d == 0 for d in diffs)}
+
+
+def words_line_probe(model_dir: str | Path, records_path: str | Path, *, limit: int = 300,
+                     device: str = "auto") -> dict:
+    """Does the model read its Words line? For each record with words (the first `limit`), the story's
+    negative log-likelihood in nats after its own instruction lines, and after the same lines with another
+    record's words (the next record whose words share none with these). Any language model finds a story a
+    little likelier after words from it (a plain model, never trained on Words lines, does too: priming), so
+    read the number against such a control: what an instruct model adds over it is what it learned from the
+    line. Sensitive where sampled stories are not: a weak model leans towards the words before it writes them.
+    Returns the mean difference (other - own, nats per story) with a 95% interval, and per story token."""
+    import torch
+
+    from ..modeldir import load_model
+    from ..utils import resolve_device
+
+    recs = [r for r in instruct.read_records(records_path) if r.words][:limit]
+    if len(recs) < 2:
+        raise UserError(f"{records_path}: the words probe needs at least 2 records with a Words line")
+    lemmas = [{instruct.lemma(w) for w in r.words} for r in recs]
+    model, tok = load_model(check_model_dir(model_dir), resolve_device(device))
+    dev = next(model.parameters()).device
+    ctx = model.config.context
+
+    def story_nll(prompt_ids: list[int], story_ids: list[int]) -> float:
+        ids = torch.tensor([[tok.eot_id, *prompt_ids, *story_ids]], device=dev)
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids[:, :-1])[0].float(), dim=-1)
+        tgt = ids[0, 1:]
+        nll = -logp.gather(1, tgt[:, None])[:, 0]
+        return nll[len(prompt_ids):].sum().item()   # the story's tokens only
+
+    diffs, n_tokens = [], []
+    for i, r in enumerate(progress(recs, desc="words probe", unit="record")):
+        j = next((k % len(recs) for k in range(i + 1, i + len(recs)) if not lemmas[k % len(recs)] & lemmas[i]), None)
+        if j is None:
+            continue
+        prompts = [tok.encode(instruct.format_prompt(instruct.InstructRecord(
+            story="", words=list(w), sentence=r.sentence, features=r.features, summary=r.summary, order=r.order)))
+            for w in (r.words, recs[j].words)]
+        room = ctx - 1 - max(map(len, prompts))
+        story = tok.encode(" " + r.story.strip())[:room]   # the same story tokens after either prompt
+        if room < 1 or not story:
+            continue
+        own, other = (story_nll(p, story) for p in prompts)
+        diffs.append(other - own)
+        n_tokens.append(len(story))
+    if not diffs:
+        raise UserError(f"{records_path}: no record left for the words probe (prompts longer than the context?)")
+    ci = mean_ci([[d] for d in diffs])
+    return {**ci, "per_token": ci["mean"] * len(diffs) / sum(n_tokens), "records": str(records_path)}
+
+
 LABELS = {"word_share": "required words used", "all_words_used": "all required words used",
           "sentence_present": "required sentence present", "feature_share": "detectable features present"}
+
+
+def probe_line(p: dict) -> str:
+    lo, hi = p["ci95"]
+    return (f"words probe: a story costs {p['mean']:+.3f} nats (95% {lo:+.3f} to {hi:+.3f}; {p['per_token']:+.4f} "
+            f"per token) after another record's Words line than after its own, over {p['n']} records of "
+            f"{p['records']} (compare a model not trained on Words lines: any model is primed by words in its context)")
 
 
 def markdown(report: dict) -> str:
@@ -176,6 +261,8 @@ def markdown(report: dict) -> str:
         if isinstance(v, dict):
             lines.append(f"| {LABELS.get(k, k.replace('judge_', 'judge: '))} | {fmt(v['mean'], 3)} | "
                          f"{fmt(v['ci95'][0], 3)} - {fmt(v['ci95'][1], 3)} | {v['n']} |")
+    if report.get("words_probe"):
+        lines += ["", probe_line(report["words_probe"])]
     for i, row in enumerate(report["sets"], 1):
         lines += ["", f"## Set {i}", "", "```", row["instructions"], "```", ""]
         for story in row["stories"]:
