@@ -98,11 +98,13 @@ def main() -> int:
         reports[name] = json.loads((out / "instruct.json").read_text())
         results[name] = {k: v for k, v in reports[name]["summary"].items() if isinstance(v, dict)}
         results[name]["words_probe"] = reports[name]["words_probe"]
+        results[name]["steps"] = json.loads((work / f"run-{name}" / "summary.json").read_text())["steps"]  # resumed runs: more
 
     def pct(v):
         return "  n/a" if v["mean"] is None else f"{100 * v['mean']:5.1f}%"
 
-    print(f"\n{args.preset}, {args.max_steps} training steps each at lr {args.lr:g}, "
+    steps = " and ".join(sorted({str(r["steps"]) for r in results.values()}))
+    print(f"\n{args.preset}, {steps} training steps each at lr {args.lr:g}, "
           f"{args.draws} instruct record(s) per story, 50 instruction sets x {args.samples} stories")
     print(f"{'model':<10} {'words used':>10} {'95% interval':>14} {'all 3 used':>10} {'sentence':>9} {'features':>9}")
     for name, s in results.items():
