@@ -57,13 +57,10 @@ def set_seed(seed: int, prompt: str) -> int:
     return (seed * 1_000_003 + int(hashlib.sha256(prompt.encode()).hexdigest()[:8], 16)) % 2**31
 
 
-def write_stories(cfg: InstructEvalConfig, model_dir: Path, prompts: list[str]) -> list[list[str]]:
+def write_stories(cfg: InstructEvalConfig, model, tok, prompts: list[str]) -> list[list[str]]:
     """`cfg.samples` completions per prompt."""
     from ..generate import generate
-    from ..modeldir import load_model
-    from ..utils import resolve_device
 
-    model, tok = load_model(model_dir, resolve_device(cfg.device))
     out = []
     for prompt in progress(prompts, desc="writing stories", unit="set"):
         [samples] = generate(model, tok, [prompt], max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
@@ -75,19 +72,22 @@ def write_stories(cfg: InstructEvalConfig, model_dir: Path, prompts: list[str]) 
 
 def evaluate_instruct(cfg: InstructEvalConfig) -> dict:
     """Run the evaluation; write instruct.json and instruct.md into the report dir and return the report."""
+    from ..modeldir import load_model
+    from ..utils import resolve_device
+
     model_dir = check_model_dir(cfg.model_dir)
     if cfg.samples < 1:
         raise UserError(f"--samples must be at least 1, got {cfg.samples}")
     if cfg.limit is not None and cfg.limit < 1:
         raise UserError(f"--limit must be at least 1, got {cfg.limit}")
     sets = instruct.load_instructions(cfg.instructions)[:cfg.limit]
-    if cfg.words_probe is not None and not Path(cfg.words_probe).is_file():
-        raise UserError(f"--words-probe {cfg.words_probe}: no such file")
+    probe_recs = None if cfg.words_probe is None else probe_records(cfg.words_probe)  # bad file: before any work
     judge = _judge(cfg) if cfg.judge_model else None     # a bad template fails before any generation
     weights = model_fingerprint(model_dir)
+    model, tok = load_model(model_dir, resolve_device(cfg.device))
 
     prompts = [instruct.eval_prompt(s, cfg.plain) for s in sets]
-    texts = write_stories(cfg, model_dir, prompts)
+    texts = write_stories(cfg, model, tok, prompts)
 
     per_set = []
     for s, prompt, completions in zip(sets, prompts, texts):
@@ -113,8 +113,8 @@ def evaluate_instruct(cfg: InstructEvalConfig) -> dict:
                       "requests_sent": judge.client.requests_sent}
 
     probe = None
-    if cfg.words_probe is not None:
-        probe = words_line_probe(model_dir, cfg.words_probe, device=cfg.device)
+    if probe_recs is not None:
+        probe = {**words_line_probe(model, tok, probe_recs), "records": cfg.words_probe}
 
     report = {
         "kind": "instruct",
@@ -188,9 +188,18 @@ def paired_word_share(a: dict, b: dict, reps: int = 2000, seed: int = 0) -> dict
             "sets_tied": sum(d == 0 for d in diffs)}
 
 
-def words_line_probe(model_dir: str | Path, records_path: str | Path, *, limit: int = 300,
-                     device: str = "auto") -> dict:
-    """Does the model read its Words line? For each record with words (the first `limit`), the story's
+def probe_records(path: str | Path, limit: int = 300) -> list[instruct.InstructRecord]:
+    """The first `limit` records of `path` that have a Words line: what `words_line_probe` scores."""
+    if not Path(path).is_file():
+        raise UserError(f"--words-probe {path}: no such file")
+    recs = [r for r in instruct.read_records(path) if r.words][:limit]
+    if len(recs) < 2:
+        raise UserError(f"{path}: the words probe needs at least 2 records with a Words line")
+    return recs
+
+
+def words_line_probe(model, tok, recs: list[instruct.InstructRecord]) -> dict:
+    """Does the model read its Words line? For each record (`probe_records`), the story's
     negative log-likelihood in nats after its own instruction lines, and after the same lines with another
     record's words (the next record whose words share none with these). Any language model finds a story a
     little likelier after words from it (a plain model, never trained on Words lines, does too: priming), so
@@ -199,24 +208,16 @@ def words_line_probe(model_dir: str | Path, records_path: str | Path, *, limit: 
     Returns the mean difference (other - own, nats per story) with a 95% interval, and per story token."""
     import torch
 
-    from ..modeldir import load_model
-    from ..utils import resolve_device
-
-    recs = [r for r in instruct.read_records(records_path) if r.words][:limit]
-    if len(recs) < 2:
-        raise UserError(f"{records_path}: the words probe needs at least 2 records with a Words line")
     lemmas = [{instruct.lemma(w) for w in r.words} for r in recs]
-    model, tok = load_model(check_model_dir(model_dir), resolve_device(device))
     dev = next(model.parameters()).device
     ctx = model.config.context
 
     def story_nll(prompt_ids: list[int], story_ids: list[int]) -> float:
         ids = torch.tensor([[tok.eot_id, *prompt_ids, *story_ids]], device=dev)
+        targets = ids[:, 1:].clone()
+        targets[:, :len(prompt_ids)] = -1                   # the story's tokens only
         with torch.no_grad():
-            logp = torch.log_softmax(model(ids[:, :-1])[0].float(), dim=-1)
-        tgt = ids[0, 1:]
-        nll = -logp.gather(1, tgt[:, None])[:, 0]
-        return nll[len(prompt_ids):].sum().item()   # the story's tokens only
+            return model(ids[:, :-1], targets=targets).item() * len(story_ids)
 
     diffs, n_tokens = [], []
     for i, r in enumerate(progress(recs, desc="words probe", unit="record")):
@@ -234,9 +235,9 @@ def words_line_probe(model_dir: str | Path, records_path: str | Path, *, limit: 
         diffs.append(other - own)
         n_tokens.append(len(story))
     if not diffs:
-        raise UserError(f"{records_path}: no record left for the words probe (prompts longer than the context?)")
+        raise UserError("no record left for the words probe (prompts longer than the context?)")
     ci = mean_ci([[d] for d in diffs])
-    return {**ci, "per_token": ci["mean"] * len(diffs) / sum(n_tokens), "records": str(records_path)}
+    return {**ci, "per_token": ci["mean"] * len(diffs) / sum(n_tokens)}
 
 
 LABELS = {"word_share": "required words used", "all_words_used": "all required words used",
