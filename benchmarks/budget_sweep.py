@@ -47,9 +47,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from tinystories.budget import REFERENCE, TABLE_FILE, Row, Table, train_flops_per_token  # noqa: E402
-from tinystories.config import ModelConfig  # noqa: E402
-from tinystories.utils import atomic_write_json, atomic_write_text, format_duration, parse_duration  # noqa: E402
+from tinystories.train.budget import REFERENCE, TABLE_FILE, Row, Table, train_flops_per_token
+from tinystories.model.config import ModelConfig
+from tinystories.runtime.files import atomic_write_json, atomic_write_text
+from tinystories.runtime.console import format_duration, parse_duration
 
 SHARED = Path(os.environ.get("TINYSTORIES_SHARED_DATA", REPO.parent / "shared" / "data" / "tinystories"))
 TRAIN_FILES = ["TinyStories-train-head.txt", "TinyStoriesV2-GPT4-train-head.txt", "tinystories-sample-3000.json"]
@@ -220,7 +221,7 @@ def stages(res: Results, budgets: list[float], keep: list[int], shapes=SHAPES, l
 # ===================================================================== running
 
 def data_dir(work: Path, vocab: int) -> Path:
-    from tinystories.prepare import prepare
+    from tinystories.data.prepare import prepare
 
     out = work / f"data-v{vocab}"
     if not (out / "meta.json").is_file():
@@ -248,7 +249,7 @@ def git_commit() -> str:
 
 
 def run_probe(res: Results, seconds: float = 10.0) -> None:
-    from tinystories.budget import probe
+    from tinystories.train.budget import probe
 
     p = probe(seconds)
     res.add({"kind": "probe", **p.to_dict(), "machine": machine(), "loadavg": os.getloadavg()[0],
@@ -260,8 +261,9 @@ def run_probe(res: Results, seconds: float = 10.0) -> None:
 def run_one(res: Results, spec: Spec, budget_s: float, work: Path, eval_tokens: int | None = None) -> None:
     import torch
 
-    from tinystories.budget import measure_speed, probe
-    from tinystories.train import TrainConfig, TrainingDiverged, train
+    from tinystories.train.budget import measure_speed, probe
+    from tinystories.train.config import TrainConfig
+    from tinystories.train.loop import TrainingDiverged, train
 
     key = spec.key(budget_s)
     data = data_dir(work, spec.vocab)
@@ -297,7 +299,7 @@ def run_one(res: Results, spec: Spec, budget_s: float, work: Path, eval_tokens: 
 
 
 def _params(mcfg: ModelConfig) -> dict:
-    from tinystories.config import parameter_counts
+    from tinystories.model.config import parameter_counts
 
     c = parameter_counts(mcfg)
     return {"total": c["total"]}
@@ -468,7 +470,7 @@ def plot(res: Results, path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from tinystories.utils import atomic_write_bytes
+    from tinystories.runtime.files import atomic_write_bytes
 
     fig = Figure(figsize=(13, 5.2), dpi=110)
     FigureCanvasAgg(fig)

@@ -40,9 +40,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from tinystories.config import ModelConfig, preset_config  # noqa: E402
-from tinystories.model import GPTNeo  # noqa: E402
-from tinystories.train import TrainConfig, make_optimizer, physical_cores, resolve_precision  # noqa: E402
+from tinystories.model.config import ModelConfig, preset_config
+from tinystories.model.gpt_neo import GPTNeo
+from tinystories.train.config import TrainConfig
+from tinystories.train.optim import make_optimizer
+from tinystories.runtime.device import physical_cores, resolve_precision
 
 SHARED = ROOT.parent / "shared" / "data" / "tinystories"
 TRAIN_FILES = ["TinyStories-train-head.txt", "TinyStoriesV2-GPT4-train-head.txt", "tinystories-sample-3000.json"]
@@ -140,7 +142,7 @@ def _ours_trainer(cfg: ModelConfig, device, precision: str):
 def _hf_model(cfg: ModelConfig, ours: GPTNeo | None = None):
     import transformers
 
-    from tinystories.hf import to_hf_config, to_hf_state
+    from tinystories.model.hf import to_hf_config, to_hf_state
 
     hc = to_hf_config(cfg)
     for k in ("architectures", "model_type", "torch_dtype"):
@@ -267,7 +269,7 @@ def _cache_dir() -> Path:
 
 def bench_data() -> Path:
     """The shared training files prepared with a 10K BPE (cached)."""
-    from tinystories.prepare import prepare
+    from tinystories.data.prepare import prepare
 
     d = _cache_dir() / "data-bpe10k"
     if not (d / "meta.json").is_file():
@@ -279,7 +281,7 @@ def bench_data() -> Path:
 def trained_model(shape: str):
     """A model of `shape` trained here for GEN_MODEL_STEPS steps (cached)."""
     import tinystories
-    from tinystories.train import train
+    from tinystories.train.loop import train
 
     steps, lr = GEN_MODEL_STEPS[shape]
     d = _cache_dir() / f"gen-{shape}-{steps}steps"
@@ -307,8 +309,8 @@ def _prompts(n: int) -> list[str]:
 
 
 def bench_generation(shapes, device, new_tokens: int, reps: int, n_prompts: int, trained: bool) -> list[dict]:
-    from tinystories.generate import generate, prompt_ids
-    from tinystories.tokenizer import train_bpe
+    from tinystories.generate.sampling import generate, prompt_ids
+    from tinystories.data.tokenizer import train_bpe
 
     prompts = _prompts(n_prompts)
     rows = []
@@ -363,8 +365,8 @@ def bench_generation(shapes, device, new_tokens: int, reps: int, n_prompts: int,
 # ----------------------------------------------------------------------------------- tokenizer
 
 def bench_tokenizer() -> dict:
-    from tinystories.sources import iter_stories
-    from tinystories.tokenizer import gpt_neo_tokenizer, train_bpe
+    from tinystories.data.sources import iter_stories
+    from tinystories.data.tokenizer import gpt_neo_tokenizer, train_bpe
 
     stories = [s for f in TRAIN_FILES for s in iter_stories(str(SHARED / f))]
     nbytes = sum(len(s.encode()) for s in stories)
@@ -437,7 +439,7 @@ def main() -> None:
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--_memory", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    from tinystories.utils import resolve_device
+    from tinystories.runtime.device import resolve_device
 
     if args._memory:
         _memory_child(*args._memory)

@@ -74,7 +74,7 @@ TINY_VAL_STORIES = 100
 
 
 def _head_stories(path: Path, n: int) -> list[str]:
-    from tinystories.sources import iter_stories
+    from tinystories.data.sources import iter_stories
 
     out = []
     for story in iter_stories(path):
@@ -88,7 +88,7 @@ def _head_stories(path: Path, n: int) -> list[str]:
 def tiny_data(tmp_path_factory) -> Path:
     """A small prepared DATA_DIR for tests: the first 400 stories of the shared train head, the first
     100 of the shared valid file as val, our BPE with vocab 512 (~140K train, ~37K val tokens)."""
-    from tinystories.prepare import prepare
+    from tinystories.data.prepare import prepare
 
     root = tmp_path_factory.mktemp("tiny_data")
     train_txt, val_txt = root / "train.txt", root / "val.txt"

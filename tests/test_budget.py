@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from conftest import assert_one_line_error, run_cli
-from tinystories.budget import Row, Table, plan, train_flops_per_token, wanted
-from tinystories.config import ModelConfig
-from tinystories.model import GPTNeo
-from tinystories.train import TrainConfig
+from tinystories.train.budget import Row, Table, plan, train_flops_per_token, wanted
+from tinystories.model.config import ModelConfig
+from tinystories.model.gpt_neo import GPTNeo
+from tinystories.train.config import TrainConfig
 
 
 def _table(vocab: int = 8192) -> Table:
@@ -113,7 +113,7 @@ def test_budget_too_short_is_a_one_line_error(tiny_data, tmp_path):
 
 
 def test_plan_keeps_user_model_fields(tiny_data):
-    from tinystories.prepare import load_data_dir
+    from tinystories.data.prepare import load_data_dir
 
     data = load_data_dir(tiny_data)
     lines = []

@@ -34,10 +34,10 @@ def tiny(tmp_path_factory):
     its completions share words and bigrams with the training text (Rouge values are not all zero)."""
     import torch
 
-    from tinystories.config import ModelConfig
-    from tinystories.model import GPTNeo
-    from tinystories.modeldir import save_model
-    from tinystories.tokenizer import train_bpe
+    from tinystories.model.config import ModelConfig
+    from tinystories.model.gpt_neo import GPTNeo
+    from tinystories.model.modeldir import save_model
+    from tinystories.data.tokenizer import train_bpe
 
     stories = read_stories(TRAIN_TXT, 300)
     tok = train_bpe(stories, vocab_size=512)
@@ -136,7 +136,7 @@ def test_cut_story():
 
 def test_diversity_end_to_end(tiny, tmp_path):
     from tinystories.evaluate.diversity import DiversityConfig, diversity
-    from tinystories.sources import iter_stories
+    from tinystories.data.sources import iter_stories
 
     train = write_txt(tmp_path / "train.txt", read_stories(TRAIN_TXT, 150))
     r = diversity(DiversityConfig(str(tiny), [str(train)], stories=5, max_new_tokens=12, out=str(tmp_path / "out"),
@@ -202,8 +202,8 @@ def test_probes_on_a_model(tiny, tmp_path):
 # ------------------------------------------------------------------ loss and bits per byte
 
 def _expected(tiny, stories, max_tokens=None):
-    from tinystories.metrics import stream_loss
-    from tinystories.modeldir import load_model
+    from tinystories.evaluate.metrics import stream_loss
+    from tinystories.model.modeldir import load_model
 
     model, tok = load_model(tiny)
     ids = [t for enc in tok.encode_batch(stories) for t in enc + [tok.eot_id]]
@@ -213,7 +213,7 @@ def _expected(tiny, stories, max_tokens=None):
 
 def test_loss_streamed_equals_one_pass_and_bpb_by_definition(tiny, tiny_data, tmp_path):
     from tinystories.evaluate.loss import LossConfig, evaluate_loss
-    from tinystories.sources import iter_stories
+    from tinystories.data.sources import iter_stories
 
     data = write_txt(tmp_path / "valid.txt", read_stories(VALID_TXT, 40))
     stories = list(iter_stories(str(data)))
@@ -239,11 +239,11 @@ def test_loss_on_a_data_dir_equals_loss_on_its_source(tiny_data, tmp_path):
     """`prepare`'s val.bin and the val text tokenized on the fly give the same numbers."""
     import torch
 
-    from tinystories.config import ModelConfig
+    from tinystories.model.config import ModelConfig
     from tinystories.evaluate.loss import LossConfig, evaluate_loss
-    from tinystories.model import GPTNeo
-    from tinystories.modeldir import save_model
-    from tinystories.tokenizer import Tokenizer
+    from tinystories.model.gpt_neo import GPTNeo
+    from tinystories.model.modeldir import save_model
+    from tinystories.data.tokenizer import Tokenizer
 
     tok = Tokenizer.load(tiny_data)
     torch.manual_seed(0)

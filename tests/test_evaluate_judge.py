@@ -19,9 +19,9 @@ import yaml
 
 from conftest import EVAL_PROMPTS, LocalServer, assert_one_line_error, run_cli
 from tinystories.errors import UserError
-from tinystories.evaluate.cache import JsonlCache
-from tinystories.evaluate.judge import JudgeTemplate, parse_grades
-from tinystories.llm import ChatClient
+from tinystories.llm.cache import JsonlCache
+from tinystories.llm.judge import JudgeTemplate, parse_grades
+from tinystories.llm.client import ChatClient
 
 CATS = ["grammar", "creativity", "consistency", "plot"]
 
@@ -261,10 +261,10 @@ def tiny_model(tmp_path_factory):
     """A random 2-layer model with a 300-token BPE: grading does not care what it writes."""
     import torch
 
-    from tinystories.config import ModelConfig
-    from tinystories.model import GPTNeo
-    from tinystories.modeldir import save_model
-    from tinystories.tokenizer import train_bpe
+    from tinystories.model.config import ModelConfig
+    from tinystories.model.gpt_neo import GPTNeo
+    from tinystories.model.modeldir import save_model
+    from tinystories.data.tokenizer import train_bpe
 
     stories = EVAL_PROMPTS.read_text().split("- |-")[1:]
     tok = train_bpe(stories, vocab_size=300)

@@ -12,12 +12,12 @@ import torch
 
 import tinystories
 from conftest import TRAIN_TXT, VALID_TXT, EVAL_PROMPTS, assert_one_line_error, run_cli
-from tinystories.config import ModelConfig, preset_config
-from tinystories.generate import generate, prompt_ids, read_prompts
-from tinystories.hf import export_hf
-from tinystories.model import GPTNeo
-from tinystories.modeldir import load_model, save_model
-from tinystories.tokenizer import train_bpe
+from tinystories.model.config import ModelConfig, preset_config
+from tinystories.generate.sampling import generate, prompt_ids, read_prompts
+from tinystories.model.export import export_hf
+from tinystories.model.gpt_neo import GPTNeo
+from tinystories.model.modeldir import load_model, save_model
+from tinystories.data.tokenizer import train_bpe
 
 transformers = pytest.importorskip("transformers")
 VOCAB = 512

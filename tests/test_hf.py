@@ -13,12 +13,13 @@ import pytest
 import torch
 
 from conftest import TRAIN_TXT, assert_one_line_error, run_cli
-from tinystories.config import PRESETS, ModelConfig, parameter_counts, preset_config
+from tinystories.model.config import PRESETS, ModelConfig, parameter_counts, preset_config
 from tinystories.errors import UserError
-from tinystories.hf import attention_types, export_hf, load_hf_dir, to_hf_config
-from tinystories.model import GPTNeo
-from tinystories.modeldir import load_model, save_model
-from tinystories.tokenizer import gpt_neo_tokenizer, train_bpe
+from tinystories.model.hf import attention_types, load_hf_dir, to_hf_config
+from tinystories.model.export import export_hf
+from tinystories.model.gpt_neo import GPTNeo
+from tinystories.model.modeldir import load_model, save_model
+from tinystories.data.tokenizer import gpt_neo_tokenizer, train_bpe
 
 transformers = pytest.importorskip("transformers")
 VOCAB = 512

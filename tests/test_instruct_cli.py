@@ -12,11 +12,15 @@ from http.server import BaseHTTPRequestHandler
 import pytest
 
 from conftest import TRAIN_TXT, TRAIN_V2_TXT, LocalServer, assert_one_line_error, run_cli
-from tinystories import instruct as ti
+from tinystories.data.instruct.build import BuildConfig, build_records, make_summarizer
+from tinystories.data.instruct.records import InstructRecord, format_instructions, format_prompt, format_record, read_records, split_records
+from tinystories.evaluate.adherence import adherence, word_used
+from tinystories.data.instruct.evalset import exercise_text, load_instructions
+from tinystories.data.instruct.words import lemma, word_tokens
 
 
 def read_stories(path, n):
-    return ti.split_records(path.read_text(encoding="utf-8"))[:n]
+    return split_records(path.read_text(encoding="utf-8"))[:n]
 
 
 # ---------------------------------------------------------------- a chat-completions server
@@ -52,7 +56,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def summary_for(story: str) -> str:
-    words = ti.word_tokens(story)
+    words = word_tokens(story)
     return f"A story of {len(words)} words that starts with {words[0]}."
 
 
@@ -80,8 +84,8 @@ def server_factory():
 def test_summarizer_against_a_local_server(server_factory, tmp_path):
     server = server_factory(summarizer_reply)
     stories = read_stories(TRAIN_TXT, 12)
-    summarize = ti.make_summarizer(server.url, "tiny-summarizer", cache=tmp_path / "summaries.jsonl")
-    recs = list(ti.build_records(stories, ti.BuildConfig(seed=0), summarize))
+    summarize = make_summarizer(server.url, "tiny-summarizer", cache=tmp_path / "summaries.jsonl")
+    recs = list(build_records(stories, BuildConfig(seed=0), summarize))
     with_summary = [(s, r) for s, r in zip(stories, recs) if r.summary]
     assert 2 <= len(with_summary) < 12
     assert len(server.requests) == len(with_summary)         # asked only for the summaries drawn
@@ -98,7 +102,7 @@ def test_cli_build_with_summarizer_and_check(server_factory, tmp_path):
     proc = run_cli("instruct", "build", TRAIN_TXT, "--out", out, "--limit", 30, "--seed", 2,
                    "--summarizer-url", server.url, "--summarizer-model", "m", "--summary-cache", cache, check=True)
     assert "wrote 30 instruct records" in proc.stdout
-    recs = ti.read_records(out)
+    recs = read_records(out)
     stories = read_stories(TRAIN_TXT, 30)
     assert [r.story for r in recs] == [s.strip() for s in stories]
     assert sum(bool(r.summary) for r in recs) == len(server.requests) > 0
@@ -106,15 +110,15 @@ def test_cli_build_with_summarizer_and_check(server_factory, tmp_path):
     # `prepare` reads the file as 30 documents, each record (instructions and story) whole
     import numpy as np
 
-    from tinystories.prepare import prepare
-    from tinystories.tokenizer import Tokenizer
+    from tinystories.data.prepare import prepare
+    from tinystories.data.tokenizer import Tokenizer
 
     meta = prepare([out], tmp_path / "data", vocab_size=400, val_fraction=0.2)
     assert meta["splits"]["train"]["stories"] + meta["splits"]["val"]["stories"] == 30
     tok = Tokenizer.load(tmp_path / "data")
     ids = np.fromfile(tmp_path / "data" / "train.bin", dtype=np.uint16).tolist()
     docs = tok.decode(ids).split("<|endoftext|>")
-    train_docs = {ti.format_record(r) for r in recs}
+    train_docs = {format_record(r) for r in recs}
     assert all(d.strip() in train_docs for d in docs if d.strip())
     # same seed, same records; the summaries come from the cache, not from the server again
     again = tmp_path / "again.txt"
@@ -128,7 +132,7 @@ def test_cli_build_with_summarizer_and_check(server_factory, tmp_path):
     # an evaluation set that copies a training record is caught
     leaky = tmp_path / "leaky.txt"
     r = next(r for r in recs if r.words)
-    leaky.write_text(ti.format_instructions(r.instructions()) + "<|endoftext|>\n")
+    leaky.write_text(format_instructions(r.instructions()) + "<|endoftext|>\n")
     assert_one_line_error(run_cli("instruct", "check", leaky, "--against", out), "overlaps the training data",
                           "word set of set(s) 1")
 
@@ -138,16 +142,16 @@ def test_cli_build_draws_are_passes_with_their_own_instructions(tmp_path):
     proc = run_cli("instruct", "build", TRAIN_TXT, "--out", out, "--limit", 20, "--draws", 3, "--seed", 5,
                    check=True)
     assert "wrote 60 instruct records" in proc.stdout
-    recs = ti.read_records(out)
+    recs = read_records(out)
     stories = [s.strip() for s in read_stories(TRAIN_TXT, 20)]
     # three whole passes in source order: a story's records are 20 apart, never side by side
     assert [r.story for r in recs] == stories * 3
-    passes = [[ti.format_instructions(r.instructions()) for r in recs[i * 20:(i + 1) * 20]] for i in range(3)]
+    passes = [[format_instructions(r.instructions()) for r in recs[i * 20:(i + 1) * 20]] for i in range(3)]
     assert sum(a != b for a, b in zip(passes[0], passes[1])) >= 10
     assert sum(a != b for a, b in zip(passes[1], passes[2])) >= 10
     # every draw is true of its story, as in a single pass
     for r in recs:
-        assert all(ti.word_used(w, r.story) for w in r.words)
+        assert all(word_used(w, r.story) for w in r.words)
         assert r.sentence is None or r.sentence in r.story
     # seeded: the same command writes the same file
     again = tmp_path / "again.txt"
@@ -186,12 +190,12 @@ def instruct_model(tmp_path_factory):
     """A 2-layer model trained for a few seconds on instruct records built from real stories."""
     import torch
 
-    from tinystories.config import ModelConfig
-    from tinystories.model import GPTNeo
-    from tinystories.modeldir import save_model
-    from tinystories.tokenizer import train_bpe
+    from tinystories.model.config import ModelConfig
+    from tinystories.model.gpt_neo import GPTNeo
+    from tinystories.model.modeldir import save_model
+    from tinystories.data.tokenizer import train_bpe
 
-    docs = [ti.format_record(r) for r in ti.build_records(read_stories(TRAIN_TXT, 300))]
+    docs = [format_record(r) for r in build_records(read_stories(TRAIN_TXT, 300))]
     tok = train_bpe(docs, vocab_size=512)
     torch.manual_seed(0)
     model = GPTNeo(ModelConfig(vocab_size=tok.vocab_size, context=256, hidden=32, layers=2, heads=2, window=32))
@@ -216,7 +220,7 @@ def test_generate_builds_the_instruction_prompt(instruct_model):
     proc = run_cli("generate", instruct_model, "--words", "dog, happy,run", "--features", "dialogue,Twist",
                    "--sentence", "The dog barked.", "--summary", "A dog finds a bone.", "--max-new-tokens", 12,
                    "--seed", 1, "--no-stream", check=True)
-    expected = ti.format_prompt(words=["dog", "happy", "run"], features=["Dialogue", "Twist"],
+    expected = format_prompt(words=["dog", "happy", "run"], features=["Dialogue", "Twist"],
                                 sentence="The dog barked.", summary="A dog finds a bone.")
     assert proc.stdout.startswith(expected)
     assert len(proc.stdout) > len(expected)
@@ -252,20 +256,20 @@ def test_evaluate_instruct_scores_what_it_wrote(instruct_model, tmp_path):
 
     sets_file = tmp_path / "sets.txt"
     sets_file.write_text(SETS)
-    sets = ti.load_instructions(sets_file)
+    sets = load_instructions(sets_file)
     out = tmp_path / "rep"
     proc = run_cli("evaluate", "instruct", instruct_model, "--instructions", sets_file, "--samples", 2,
                    "--max-new-tokens", 40, "--out", out, check=True)
     assert "required words used" in proc.stdout
     report = json.loads((out / "instruct.json").read_text())
     assert report["kind"] == "instruct" and (out / "instruct.md").is_file()
-    assert [row["prompt"] for row in report["sets"]] == [ti.format_prompt(s) for s in sets]
+    assert [row["prompt"] for row in report["sets"]] == [format_prompt(s) for s in sets]
     assert report["sets"][1]["prompt"].endswith("Story: Once upon a time, there was a cat.")
     shares = []
     for s, row in zip(sets, report["sets"]):
         assert len(row["stories"]) == 2
         for st in row["stories"]:
-            again = ti.adherence(s, st["text"]).to_dict()
+            again = adherence(s, st["text"]).to_dict()
             assert {k: st[k] for k in again} == again      # the stored scores are those of the stored story
             if st["word_share"] is not None:
                 shares.append(st["word_share"])
@@ -309,15 +313,15 @@ def test_evaluate_instruct_with_a_judge(instruct_model, tmp_path, server_factory
     report = evaluate_instruct(InstructEvalConfig(str(instruct_model), limit=2, samples=2, max_new_tokens=30,
                                                   judge_url=server.url, judge_model="judge-1", cache="",
                                                   out=str(out)))
-    sets = ti.load_instructions()[:2]
+    sets = load_instructions()[:2]
     stories = [st for row in report["sets"] for st in row["stories"]]
     assert len(stories) == 4 and len(server.requests) == 8       # two turns per story
     for st in stories:
         assert st["judged"] and st["grades"] == grades_for(st["text"].strip())
     first_turns = [r["messages"][0]["content"] for r in server.requests if len(r["messages"]) == 1]
     for s in sets:
-        assert sum(ti.exercise_text(s) in t for t in first_turns) == 2
-    assert "The story should contain the words: jump, puddle, muddy." in ti.exercise_text(sets[0])
+        assert sum(exercise_text(s) in t for t in first_turns) == 2
+    assert "The story should contain the words: jump, puddle, muddy." in exercise_text(sets[0])
     means = report["summary"]["judge_consistency"]["mean"]
     assert means == pytest.approx(sum(st["grades"]["consistency"] for st in stories) / 4)
     assert report["judge"]["model"] == "judge-1" and report["summary"]["judge_unparseable"] == 0
@@ -346,14 +350,14 @@ def test_words_probe_is_the_story_loss_after_other_words_minus_own(instruct_mode
     """The probe against the model's own loss, computed here from the two full training texts."""
     import torch
 
-    from tinystories.modeldir import load_model
+    from tinystories.model.modeldir import load_model
 
-    recs = [r for r in ti.build_records(read_stories(TRAIN_V2_TXT, 40), ti.BuildConfig(seed=1, p_field=1.0))
+    recs = [r for r in build_records(read_stories(TRAIN_V2_TXT, 40), BuildConfig(seed=1, p_field=1.0))
             if r.words]
     a = recs[0]
-    b = next(r for r in recs[1:] if not {ti.lemma(w) for w in r.words} & {ti.lemma(w) for w in a.words})
+    b = next(r for r in recs[1:] if not {lemma(w) for w in r.words} & {lemma(w) for w in a.words})
     path = tmp_path / "two.txt"
-    path.write_text("".join(ti.format_record(r) + "\n<|endoftext|>\n" for r in (a, b)))
+    path.write_text("".join(format_record(r) + "\n<|endoftext|>\n" for r in (a, b)))
     out = tmp_path / "rep"
     proc = run_cli("evaluate", "instruct", instruct_model, "--limit", 1, "--samples", 1, "--max-new-tokens", 5,
                    "--words-probe", path, "--out", out, check=True)
@@ -365,7 +369,7 @@ def test_words_probe_is_the_story_loss_after_other_words_minus_own(instruct_mode
     ctx = model.config.context
 
     def story_loss(rec, words):
-        lines = ti.format_instructions(ti.InstructRecord(story="", words=words, sentence=rec.sentence,
+        lines = format_instructions(InstructRecord(story="", words=words, sentence=rec.sentence,
                                                          features=rec.features, order=rec.order))
         head = [tok.eot_id] + tok.encode(lines + "Story:")
         return head, tok.encode(" " + rec.story)

@@ -17,11 +17,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tinystories import kernels
-from tinystories.config import ModelConfig
-from tinystories.generate import generate
-from tinystories.model import GPTNeo
-from tinystories.tokenizer import train_bpe
+from tinystories.kernels import cpu as kernels
+from tinystories.model.config import ModelConfig
+from tinystories.generate.sampling import generate
+from tinystories.model.gpt_neo import GPTNeo
+from tinystories.data.tokenizer import train_bpe
 from conftest import TRAIN_TXT
 
 pytestmark = pytest.mark.skipif(not kernels.attention_available(),

@@ -10,9 +10,9 @@ import pytest
 
 from conftest import (TRAIN_JSON, TRAIN_TXT, TRAIN_V2_TXT, VALID_TXT, assert_one_line_error, run_cli)
 from tinystories.errors import UserError
-from tinystories.prepare import load_data_dir, prepare
-from tinystories.sources import iter_stories, normalize
-from tinystories.tokenizer import Tokenizer, gpt2_base, gpt2_files
+from tinystories.data.prepare import load_data_dir, prepare
+from tinystories.data.sources import iter_stories, normalize
+from tinystories.data.tokenizer import Tokenizer, gpt2_base, gpt2_files
 
 TRAIN_FILES = [TRAIN_TXT, TRAIN_V2_TXT, TRAIN_JSON]
 

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from conftest import TRAIN_JSON, TRAIN_TXT, VALID_TXT
-from tinystories import sources
+from tinystories.data import sources
 from tinystories.errors import UserError
-from tinystories.sources import iter_stories, normalize, regroup_rows, resolve_source
+from tinystories.data.sources import iter_stories, normalize, regroup_rows, resolve_source
 
 INSTRUCT = (
     "Features: Dialogue, Twist\n"

@@ -20,12 +20,14 @@ import pytest
 import torch
 
 from conftest import TRAIN_TXT, assert_one_line_error, cli_env, run_cli
-from tinystories import checkpoint as ckpt
+from tinystories.train import checkpoint as ckpt
 from tinystories.errors import UserError
-from tinystories.modeldir import load_model
-from tinystories.tokenizer import EOT
-from tinystories.train import (TokenWindows, TrainConfig, build_config, load_recipe, lr_at, recipe_names,
-                               train)
+from tinystories.model.modeldir import load_model
+from tinystories.data.tokenizer import EOT
+from tinystories.train.batches import TokenWindows
+from tinystories.train.config import TrainConfig, build_config, load_recipe, recipe_names
+from tinystories.train.schedule import lr_at
+from tinystories.train.loop import train
 
 # The tiny model and batch every test uses (as --set arguments and as a TrainConfig).
 TINY = {"preset": "1M", "model": {"hidden": 32, "layers": 2, "heads": 2, "context": 64},
@@ -49,8 +51,8 @@ def data_dir(tiny_data) -> Path:
 @pytest.fixture(scope="session")
 def other_data_dir(tmp_path_factory) -> Path:
     """A DATA_DIR prepared with a different tokenizer (BPE vocab 300)."""
-    from tinystories.prepare import prepare
-    from tinystories.sources import iter_stories
+    from tinystories.data.prepare import prepare
+    from tinystories.data.sources import iter_stories
 
     root = tmp_path_factory.mktemp("other")
     stories = []
@@ -228,11 +230,11 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(full_run, tmp_path
 
 _WRITER = textwrap.dedent("""
     import sys, torch
-    from tinystories import checkpoint as ckpt
-    from tinystories.config import preset_config
-    from tinystories.model import GPTNeo
-    from tinystories.modeldir import is_model_dir, save_model
-    from tinystories.tokenizer import Tokenizer
+    from tinystories.train import checkpoint as ckpt
+    from tinystories.model.config import preset_config
+    from tinystories.model.gpt_neo import GPTNeo
+    from tinystories.model.modeldir import is_model_dir, save_model
+    from tinystories.data.tokenizer import Tokenizer
     run = sys.argv[1]
     model = GPTNeo(preset_config("1M", vocab_size=512, hidden=256, layers=4, heads=4))
     opt = torch.optim.AdamW(model.parameters())

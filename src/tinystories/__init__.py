@@ -17,8 +17,8 @@ def load(directory, device: str = "cpu", dtype=None):
     """(model in eval mode, tokenizer) from a model/run directory or a transformers GPT-Neo directory."""
     import torch
 
-    from .modeldir import load_model
-    from .utils import resolve_device
+    from .model.modeldir import load_model
+    from .runtime.device import resolve_device
 
     return load_model(directory, resolve_device(device), dtype or torch.float32)
 

@@ -143,7 +143,7 @@ def _compare(a) -> int:
     import json
 
     from ..evaluate.compare import compare
-    from ..utils import atomic_write_text
+    from ..runtime.files import atomic_write_text
 
     r = compare(a.runs, a.plot)
     sys.stdout.write(r["markdown"])

@@ -18,12 +18,12 @@ def run(args) -> int:
     from pathlib import Path
 
     from ..errors import UserError
-    from ..modeldir import check_model_dir
+    from ..model.modeldir import check_model_dir
 
     check_model_dir(args.model_dir)  # fail in a moment, before torch loads
     if Path(args.out).exists() and not args.force:
         raise UserError(f"--out {args.out} already exists; pass --force to replace it")
-    from ..hf import export_hf
+    from ..model.export import export_hf
 
     out = export_hf(args.model_dir, args.out, force=args.force)
     print(f"wrote {out}: load it with transformers.AutoModelForCausalLM.from_pretrained({str(out)!r}) "

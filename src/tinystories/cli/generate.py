@@ -48,7 +48,7 @@ def build_prompt(args, text: str) -> str:
 
 def user_prompts(args) -> list[str]:
     from ..errors import UserError
-    from ..generate import read_prompts
+    from ..generate.sampling import read_prompts
 
     if args.prompts is not None:
         if args.prompt is not None:
@@ -61,8 +61,8 @@ def run(args) -> int:
     from pathlib import Path
 
     from ..errors import UserError
-    from ..generate import check_options, encode_prompts
-    from ..modeldir import check_model_dir
+    from ..generate.sampling import check_options, encode_prompts
+    from ..model.modeldir import check_model_dir
 
     check_options(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                   top_p=args.top_p, num_beams=args.num_beams, num_samples=args.num_samples)
@@ -76,9 +76,10 @@ def run(args) -> int:
 
     import torch
 
-    from .. import generate as gen
-    from ..modeldir import load_model
-    from ..utils import atomic_write_text, resolve_device
+    from ..generate import sampling as gen
+    from ..model.modeldir import load_model
+    from ..runtime.files import atomic_write_text
+    from ..runtime.device import resolve_device
 
     model, tok = load_model(args.model_dir, resolve_device(args.device),
                             torch.bfloat16 if args.dtype == "bf16" else torch.float32)

@@ -8,6 +8,10 @@ import os
 
 from ..errors import UserError
 
+from ..data.instruct.build import BuildConfig, build_records, make_summarizer, word_document_frequencies, write_records
+from ..data.instruct.records import as_record, format_prompt
+from ..data.instruct.evalset import check_disjoint, load_instructions
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
@@ -59,9 +63,8 @@ def add_parser(subparsers) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from .. import instruct
-    from ..sources import iter_stories
-    from ..utils import progress
+    from ..data.sources import iter_stories
+    from ..runtime.console import progress
 
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit {args.limit}: must be a positive number of stories")
@@ -71,7 +74,7 @@ def _build(args: argparse.Namespace) -> int:
         raise UserError("--summarizer-url and --summarizer-model go together; give both or neither")
     summarize = None
     if args.summarizer_url:
-        summarize = instruct.make_summarizer(args.summarizer_url, args.summarizer_model,
+        summarize = make_summarizer(args.summarizer_url, args.summarizer_model,
                                              cache="" if args.no_cache else args.summary_cache)
 
     def stories():
@@ -90,11 +93,11 @@ def _build(args: argparse.Namespace) -> int:
         if os.path.exists(args.out) and not args.force:  # before the first pass, not after it
             raise UserError(f"--out {args.out} already exists; pass --force to replace it")
         n_df = min(args.frequency_stories, args.limit or args.frequency_stories)
-        df = instruct.word_document_frequencies(
+        df = word_document_frequencies(
             progress(itertools.islice(stories(), n_df), desc="word frequencies", unit="story", total=n_df))
-    cfg = instruct.BuildConfig(seed=args.seed, word_df=df)
+    cfg = BuildConfig(seed=args.seed, word_df=df)
     passes = itertools.chain.from_iterable(stories() for _ in range(args.draws))
-    n = instruct.write_records(instruct.build_records(passes, cfg, summarize), args.out, force=args.force,
+    n = write_records(build_records(passes, cfg, summarize), args.out, force=args.force,
                                progress_desc="instruct build",
                                total=None if args.limit is None else args.limit * args.draws)
     print(f"wrote {n} instruct records to {args.out}")
@@ -102,13 +105,12 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from .. import instruct
-    from ..sources import iter_stories
+    from ..data.sources import iter_stories
 
-    sets = instruct.load_instructions(args.instructions)
+    sets = load_instructions(args.instructions)
     where = args.instructions or "the packaged evaluation set"
-    training = (instruct.as_record(doc) for src in args.against for doc in iter_stories(src))
-    ov = instruct.check_disjoint(sets, training)
+    training = (as_record(doc) for src in args.against for doc in iter_stories(src))
+    ov = check_disjoint(sets, training)
     if not ov.disjoint:
         parts = []
         for what, idx in (("word set", ov.word_sets), ("sentence", ov.sentences), ("summary", ov.summaries)):
@@ -134,7 +136,6 @@ def add_instruction_args(parser: argparse.ArgumentParser) -> None:
 
 def instruction_prompt(args: argparse.Namespace, story_start: str = "") -> str | None:
     """The Instruct prompt for `generate`'s flags (the story start after `Story:`), or None if none was given."""
-    from .. import instruct
 
     if not any(getattr(args, k, None) for k in ("words", "sentence", "features", "summary")):
         return None
@@ -147,7 +148,7 @@ def instruction_prompt(args: argparse.Namespace, story_start: str = "") -> str |
             raise UserError(f"{name}: is empty; give the text or leave the option out")
         if value is not None and "\n" in value.strip() and name == "--sentence":
             raise UserError(f"{name}: must be one line")
-    return instruct.format_prompt(words=words, sentence=(args.sentence or "").strip() or None,
+    return format_prompt(words=words, sentence=(args.sentence or "").strip() or None,
                                   features=features, summary=(args.summary or "").strip() or None,
                                   story_start=story_start)
 

@@ -33,7 +33,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..prepare import prepare
+    from ..data.prepare import prepare
 
     meta = prepare(args.sources, args.out, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
                    val=args.val, val_fraction=args.val_fraction, force=args.force, seed=args.seed)

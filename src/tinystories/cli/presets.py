@@ -22,7 +22,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..config import presets_table
+    from ..model.config import presets_table
 
     rows = presets_table(args.vocab, args.names or None, context=args.context, hidden=args.hidden,
                          layers=args.layers, heads=args.heads)

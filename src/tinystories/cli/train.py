@@ -42,7 +42,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from ..errors import UserError
-    from ..utils import parse_duration
+    from ..runtime.console import parse_duration
 
     if args.resume and args.force:
         raise UserError("--resume and --force contradict each other: continue the run, or replace it")
@@ -54,7 +54,8 @@ def run(args) -> int:
             raise UserError(f"--max-tokens {args.max_tokens!r}: expected a number, e.g. 5e6") from None
     max_time = parse_duration(args.max_time, "--max-time") if args.max_time is not None else None
 
-    from ..train import CONFIG_FILE, build_config, train
+    from ..train.config import CONFIG_FILE, build_config
+    from ..train.loop import train
 
     base = None
     if args.resume:
@@ -82,7 +83,7 @@ def run(args) -> int:
 
 
 def format_summary(s: dict) -> str:
-    from ..utils import format_duration
+    from ..runtime.console import format_duration
 
     lines = [
         f"run       {s['run_dir']}  ({s['preset']}, {s['parameters'] / 1e6:.2f}M parameters)",

@@ -8,7 +8,7 @@ import random
 from pathlib import Path
 
 from ..errors import UserError
-from ..utils import atomic_write_json, atomic_write_text
+from ..runtime.files import atomic_write_json, atomic_write_text
 
 REPORT_DIR = "eval"     # reports land in MODEL_DIR/eval/<kind>.json + .md unless --out says otherwise
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -16,7 +16,7 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 def check_model_dir(model_dir: str | Path) -> Path:
     """The directory, or a one-line UserError if it is not a model (or run) directory."""
-    from ..modeldir import read_config
+    from ..model.modeldir import read_config
 
     read_config(model_dir)
     return Path(model_dir)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
-from ..utils import progress
+from ..runtime.console import progress
 from .common import check_model_dir, fmt, model_fingerprint, report_dir, write_report
 from .ngram_index import CorpusScan
 from .rouge import rouge_f, rouge_precision, tokenize
@@ -50,7 +50,7 @@ def cut_story(story: str, fraction: float) -> tuple[str, str]:
 def sample_stories(sources: list[str], n: int, seed: int, keep=None) -> tuple[list[str], int]:
     """n stories drawn uniformly (reservoir sampling, one pass) from those with at least 10 words that
     `keep` accepts (if given), and how many stories the sources hold in all."""
-    from ..sources import iter_stories
+    from ..data.sources import iter_stories
 
     rng = random.Random(seed)
     picked: list[str] = []
@@ -87,7 +87,7 @@ def diversity_metrics(completions: list[str], endings: list[str]) -> dict:
 
 def diversity(cfg: DiversityConfig) -> dict:
     """Run the section 4.4.1 experiment; write diversity.json/.md/.png into the report dir."""
-    from ..sources import iter_stories
+    from ..data.sources import iter_stories
 
     model_dir = check_model_dir(cfg.model_dir)
     if not cfg.train:
@@ -95,8 +95,8 @@ def diversity(cfg: DiversityConfig) -> dict:
     if not 0 < cfg.cut < 1:
         raise UserError(f"--cut must be between 0 and 1, got {cfg.cut}")
     weights = model_fingerprint(model_dir)
-    from ..modeldir import load_model
-    from ..utils import resolve_device
+    from ..model.modeldir import load_model
+    from ..runtime.device import resolve_device
 
     model, tok = load_model(model_dir, device=resolve_device(cfg.device))
     room = model.config.context - 8       # a prompt must leave the model room to write
@@ -143,7 +143,7 @@ def diversity(cfg: DiversityConfig) -> dict:
 def _complete(cfg: DiversityConfig, model, tok, prompts: list[str]) -> list[str]:
     """One completion per prompt, each prompt with its own seed: rows of one batch would share a random
     stream, which could make completions of different prompts alike and bias the very thing measured."""
-    from ..generate import generate
+    from ..generate.sampling import generate
 
     out: list[str] = []
     for i, prompt in enumerate(progress(prompts, desc="generating", unit="story")):

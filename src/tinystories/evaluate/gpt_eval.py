@@ -18,11 +18,11 @@ from pathlib import Path
 import yaml
 
 from ..errors import UserError
-from ..llm import ChatClient
-from ..utils import progress
-from .cache import JsonlCache, default_cache_dir, key
+from ..llm.client import ChatClient
+from ..runtime.console import progress
+from ..llm.cache import JsonlCache, default_cache_dir, key
 from .common import check_model_dir, fmt, mean_ci, model_fingerprint, report_dir, write_report
-from .judge import Judge, JudgeTemplate
+from ..llm.judge import Judge, JudgeTemplate
 
 HUB_REPO = "roneneldan/TinyStories"
 HUB_PROMPTS = "Evaluation prompts.yaml"
@@ -182,9 +182,9 @@ def complete_prompts(cfg: GptEvalConfig, model_dir: Path, weights: str, prompts:
     out: list[list[str] | None] = [cache.get(k) for k in keys]
     missing = [i for i, o in enumerate(out) if o is None]
     if missing:
-        from ..generate import generate
-        from ..modeldir import load_model
-        from ..utils import resolve_device
+        from ..generate.sampling import generate
+        from ..model.modeldir import load_model
+        from ..runtime.device import resolve_device
 
         model, tok = load_model(model_dir, device=resolve_device(cfg.device))
         context = model.config.context

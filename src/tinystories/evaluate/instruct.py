@@ -17,9 +17,12 @@ import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .. import instruct
+from ..data.instruct.evalset import EVAL_SET_FILE, eval_prompt, exercise_text, load_instructions
+from ..data.instruct.records import InstructRecord, format_instructions, format_prompt, read_records
+from .adherence import adherence
+from ..data.instruct.words import lemma
 from ..errors import UserError
-from ..utils import progress
+from ..runtime.console import progress
 from .common import check_model_dir, fmt, mean_ci, model_fingerprint, report_dir, write_report
 
 JUDGE_TEMPLATE = "instruct_judge.yaml"
@@ -59,7 +62,7 @@ def set_seed(seed: int, prompt: str) -> int:
 
 def write_stories(cfg: InstructEvalConfig, model, tok, prompts: list[str]) -> list[list[str]]:
     """`cfg.samples` completions per prompt."""
-    from ..generate import generate
+    from ..generate.sampling import generate
 
     out = []
     for prompt in progress(prompts, desc="writing stories", unit="set"):
@@ -72,36 +75,36 @@ def write_stories(cfg: InstructEvalConfig, model, tok, prompts: list[str]) -> li
 
 def evaluate_instruct(cfg: InstructEvalConfig) -> dict:
     """Run the evaluation; write instruct.json and instruct.md into the report dir and return the report."""
-    from ..modeldir import load_model
-    from ..utils import resolve_device
+    from ..model.modeldir import load_model
+    from ..runtime.device import resolve_device
 
     model_dir = check_model_dir(cfg.model_dir)
     if cfg.samples < 1:
         raise UserError(f"--samples must be at least 1, got {cfg.samples}")
     if cfg.limit is not None and cfg.limit < 1:
         raise UserError(f"--limit must be at least 1, got {cfg.limit}")
-    sets = instruct.load_instructions(cfg.instructions)[:cfg.limit]
+    sets = load_instructions(cfg.instructions)[:cfg.limit]
     probe_recs = None if cfg.words_probe is None else probe_records(cfg.words_probe)  # bad file: before any work
     judge = _judge(cfg) if cfg.judge_model else None     # a bad template fails before any generation
     weights = model_fingerprint(model_dir)
     model, tok = load_model(model_dir, resolve_device(cfg.device))
 
-    prompts = [instruct.eval_prompt(s, cfg.plain) for s in sets]
+    prompts = [eval_prompt(s, cfg.plain) for s in sets]
     texts = write_stories(cfg, model, tok, prompts)
 
     per_set = []
     for s, prompt, completions in zip(sets, prompts, texts):
         start = s.story.strip()
         stories = [(start + c if start else c).strip() for c in completions]
-        per_set.append({"instructions": instruct.format_instructions(s).strip(), "prompt": prompt,
-                        "stories": [{"text": t, **instruct.adherence(s, t).to_dict()} for t in stories]})
+        per_set.append({"instructions": format_instructions(s).strip(), "prompt": prompt,
+                        "stories": [{"text": t, **adherence(s, t).to_dict()} for t in stories]})
 
     judge_info = None
     if judge is not None:
         items, where = [], []
         for i, (s, row) in enumerate(zip(sets, per_set)):
             for j, st in enumerate(row["stories"]):
-                items.append({"exercise": instruct.exercise_text(s), "story": st["text"]})
+                items.append({"exercise": exercise_text(s), "story": st["text"]})
                 where.append((i, j))
         with progress(total=len(items), desc="judging", unit="story") as bar:
             judgments = judge.judge_many(items, context=weights, on_done=bar.update)
@@ -121,7 +124,7 @@ def evaluate_instruct(cfg: InstructEvalConfig) -> dict:
         "model": {"dir": str(model_dir), "weights_sha256": weights},
         "settings": {**{k: v for k, v in asdict(cfg).items()
                         if k in ("plain", "samples", "temperature", "top_k", "max_new_tokens", "seed", "limit")},
-                     "instructions": cfg.instructions or f"packaged:{instruct.EVAL_SET_FILE}"},
+                     "instructions": cfg.instructions or f"packaged:{EVAL_SET_FILE}"},
         "judge": judge_info,
         "summary": summarize(per_set, judge.template.categories if judge else []),
         "words_probe": probe,
@@ -134,9 +137,9 @@ def evaluate_instruct(cfg: InstructEvalConfig) -> dict:
 def _judge(cfg: InstructEvalConfig):
     from importlib import resources
 
-    from ..llm import ChatClient
-    from .cache import JsonlCache, default_cache_dir
-    from .judge import Judge, JudgeTemplate
+    from ..llm.client import ChatClient
+    from ..llm.cache import JsonlCache, default_cache_dir
+    from ..llm.judge import Judge, JudgeTemplate
 
     if cfg.template is None:
         path = resources.files("tinystories").joinpath("resources", JUDGE_TEMPLATE)
@@ -188,17 +191,17 @@ def paired_word_share(a: dict, b: dict, reps: int = 2000, seed: int = 0) -> dict
             "sets_tied": sum(d == 0 for d in diffs)}
 
 
-def probe_records(path: str | Path, limit: int = 300) -> list[instruct.InstructRecord]:
+def probe_records(path: str | Path, limit: int = 300) -> list[InstructRecord]:
     """The first `limit` records of `path` that have a Words line: what `words_line_probe` scores."""
     if not Path(path).is_file():
         raise UserError(f"--words-probe {path}: no such file")
-    recs = [r for r in instruct.read_records(path) if r.words][:limit]
+    recs = [r for r in read_records(path) if r.words][:limit]
     if len(recs) < 2:
         raise UserError(f"{path}: the words probe needs at least 2 records with a Words line")
     return recs
 
 
-def words_line_probe(model, tok, recs: list[instruct.InstructRecord]) -> dict:
+def words_line_probe(model, tok, recs: list[InstructRecord]) -> dict:
     """Does the model read its Words line? For each record (`probe_records`), the story's
     negative log-likelihood in nats after its own instruction lines, and after the same lines with another
     record's words (the next record whose words share none with these). Any language model finds a story a
@@ -208,7 +211,7 @@ def words_line_probe(model, tok, recs: list[instruct.InstructRecord]) -> dict:
     Returns the mean difference (other - own, nats per story) with a 95% interval, and per story token."""
     import torch
 
-    lemmas = [{instruct.lemma(w) for w in r.words} for r in recs]
+    lemmas = [{lemma(w) for w in r.words} for r in recs]
     dev = next(model.parameters()).device
     ctx = model.config.context
 
@@ -224,7 +227,7 @@ def words_line_probe(model, tok, recs: list[instruct.InstructRecord]) -> dict:
         j = next((k % len(recs) for k in range(i + 1, i + len(recs)) if not lemmas[k % len(recs)] & lemmas[i]), None)
         if j is None:
             continue
-        prompts = [tok.encode(instruct.format_prompt(instruct.InstructRecord(
+        prompts = [tok.encode(format_prompt(InstructRecord(
             story="", words=list(w), sentence=r.sentence, features=r.features, summary=r.summary, order=r.order)))
             for w in (r.words, recs[j].words)]
         room = ctx - 1 - max(map(len, prompts))

@@ -18,7 +18,7 @@ from typing import Iterator
 import numpy as np
 
 from ..errors import UserError
-from ..utils import progress
+from ..runtime.console import progress
 from .common import check_model_dir, model_fingerprint, report_dir, write_report
 
 
@@ -43,9 +43,9 @@ def evaluate_loss(cfg: LossConfig) -> dict:
     """Score the model on cfg.data; write loss.json/.md into the report dir and return the report."""
     import torch
 
-    from ..metrics import StreamLoss, stream_loss
-    from ..modeldir import load_model, model_config
-    from ..utils import resolve_device
+    from .metrics import StreamLoss, stream_loss
+    from ..model.modeldir import load_model, model_config
+    from ..runtime.device import resolve_device
 
     model_dir = check_model_dir(cfg.model_dir)
     if cfg.max_tokens is not None and cfg.max_tokens < 1:
@@ -107,7 +107,7 @@ def evaluate_loss(cfg: LossConfig) -> dict:
 
 def _source_stream(source: str, tok, batch: int = 256) -> Iterator[tuple[np.ndarray, int]]:
     """(token ids of a batch of stories each followed by end-of-text, their UTF-8 bytes), streamed."""
-    from ..sources import iter_stories
+    from ..data.sources import iter_stories
 
     stories: list[str] = []
 
@@ -129,7 +129,7 @@ def _source_stream(source: str, tok, batch: int = 256) -> Iterator[tuple[np.ndar
 
 def _data_dir_stream(data_dir: Path, split: str, model_dir: Path):
     """Chunks of a prepared split, its byte count and token count (after checking the tokenizers match)."""
-    from ..prepare import SPLITS, load_data_dir
+    from ..data.prepare import SPLITS, load_data_dir
 
     if split not in SPLITS:
         raise UserError(f"--split {split!r}: choose {' or '.join(SPLITS)}")

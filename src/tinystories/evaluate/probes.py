@@ -92,9 +92,9 @@ def summarize(results: list[dict]) -> dict:
 def run_probes(model_dir: str | Path, probes_file: str | None = None, *, max_new_tokens: int = 24,
                out: str | None = None, device: str = "auto") -> dict:
     """Complete every probe greedily and score it; write probes.json/.md into the report dir."""
-    from ..generate import generate
-    from ..modeldir import load_model
-    from ..utils import resolve_device
+    from ..generate.sampling import generate
+    from ..model.modeldir import load_model
+    from ..runtime.device import resolve_device
 
     model_dir = check_model_dir(model_dir)
     probes = load_probes(probes_file)

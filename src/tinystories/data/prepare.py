@@ -19,10 +19,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from .errors import UserError
+from ..errors import UserError
 from .sources import Source, iter_stories, resolve_source, story_hash
 from .tokenizer import GPT2_VOCAB_SIZE, Tokenizer, gpt2_base, gpt2_id_map, gpt_neo_tokenizer, train_bpe
-from .utils import atomic_dir, atomic_write_json, progress
+from ..runtime.files import atomic_dir, atomic_write_json
+from ..runtime.console import progress
 
 DATA_FORMAT = "tinystories-data"
 DATA_VERSION = 1
@@ -335,7 +336,7 @@ def _empty_split_message(split: str, plan: _Plan, stats: dict[str, SplitStats]) 
 
 def _meta(tok: Tokenizer, plan: _Plan, stats: dict[str, SplitStats], vocab_size: int | None,
           seed: int, seconds: float) -> dict:
-    from . import __version__
+    from .. import __version__
 
     srcs = []
     for role, lst in (("train", plan.train), ("val", plan.val)):

@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import ModelConfig
-from .errors import UserError
-from .utils import atomic_write_bytes, atomic_write_json
+from ..errors import UserError
+from ..runtime.files import atomic_write_bytes, atomic_write_json
 
 if TYPE_CHECKING:
     import torch
 
-    from .model import GPTNeo
-    from .tokenizer import Tokenizer
+    from .gpt_neo import GPTNeo
+    from ..data.tokenizer import Tokenizer
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -80,7 +80,7 @@ def check_model_dir(directory: str | Path) -> tuple[ModelConfig, Tokenizer]:
     Checks the config, the weights file and the tokenizer (and that the model embeds every
     token id the tokenizer makes) without importing torch.
     """
-    from .tokenizer import Tokenizer
+    from ..data.tokenizer import Tokenizer
 
     directory = Path(directory)
     kind, raw = read_config(directory)
@@ -107,7 +107,7 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu",
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from .model import GPTNeo
+    from .gpt_neo import GPTNeo
 
     dtype = dtype or torch.float32
     directory = Path(directory)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from .errors import UserError
+from ..errors import UserError
 
 PAPER_VOCAB = 10_000  # the paper keeps GPT-Neo's 10K most frequent tokens
 

@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import ModelConfig
-from .errors import UserError
-from .tokenizer import EOT, Tokenizer
+from ..errors import UserError
+from ..data.tokenizer import EOT, Tokenizer
 
 if TYPE_CHECKING:  # torch loads only when weights move, so that config checks stay instant
     import torch
 
-    from .model import GPTNeo
+    from .gpt_neo import GPTNeo
 
 # ours -> transformers, `{i}` = layer. A tuple means "these HF tensors stacked on dim 0".
 WEIGHT_NAMES: dict[str, str | tuple[str, ...]] = {
@@ -180,7 +180,7 @@ def from_hf_state(cfg: ModelConfig, state: dict[str, torch.Tensor], source: str)
     """A GPTNeo for `cfg` holding transformers-named `state` (a UserError on missing or misshapen tensors)."""
     import torch
 
-    from .model import GPTNeo
+    from .gpt_neo import GPTNeo
 
     state = {k.removeprefix("model."): v for k, v in state.items()}  # some exporters add a prefix
     model = GPTNeo(cfg)
@@ -280,41 +280,7 @@ def load_hf_dir(directory: str | Path) -> tuple[GPTNeo, Tokenizer]:
     return from_hf_state(cfg, state, source).eval(), tok
 
 
-def export_hf(model_dir: str | Path, out_dir: str | Path, force: bool = False) -> Path:
-    """Write `model_dir` (ours, or a GPT-Neo dir) as a transformers GPT-Neo directory at `out_dir`.
-
-    The result loads offline with AutoModelForCausalLM / AutoTokenizer.from_pretrained.
-    """
-    from safetensors.torch import save_file
-
-    from .modeldir import check_model_dir, load_model
-    from .utils import atomic_dir, atomic_write_json
-
-    cfg, tok = check_model_dir(model_dir)  # what can be wrong is found before torch loads
-    hf_cfg = to_hf_config(cfg, tok)
-    _check_tokenizer_fits(tok, cfg, model_dir)
-    model, tok = load_model(model_dir)
-    state = to_hf_state(model)
-    with atomic_dir(out_dir, force=force, option="--out") as tmp:
-        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        atomic_write_json(tmp / "config.json", hf_cfg)
-        atomic_write_json(tmp / "generation_config.json",
-                          {"bos_token_id": tok.eot_id, "eos_token_id": tok.eot_id})
-        tok.save(tmp)  # tokenizer.json + tokenizer_meta.json (ours; transformers ignores the latter)
-        eot = tok.tk.id_to_token(tok.eot_id)
-        special = {"bos_token": eot, "eos_token": eot, "unk_token": eot}
-        atomic_write_json(tmp / "tokenizer_config.json", {
-            "tokenizer_class": "PreTrainedTokenizerFast",
-            "model_max_length": cfg.context,
-            "add_prefix_space": False,
-            "clean_up_tokenization_spaces": False,
-            **special,
-        })
-        atomic_write_json(tmp / "special_tokens_map.json", special)
-    return Path(out_dir)
-
-
-def _check_tokenizer_fits(tok: Tokenizer, cfg: ModelConfig, source) -> None:
+def check_tokenizer_fits(tok: Tokenizer, cfg: ModelConfig, source) -> None:
     # transformers does not clip ids the way our Tokenizer does for a truncated vocabulary,
     # so every id its tokenizer can produce must have an embedding row.
     full = tok.tk.get_vocab_size(with_added_tokens=True)

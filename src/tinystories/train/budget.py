@@ -31,9 +31,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import ModelConfig
-from .errors import UserError
-from .utils import format_duration
+from ..model.config import ModelConfig
+from ..errors import UserError
+from ..runtime.console import format_duration
 
 TABLE_FILE = "budget_table.json"
 TABLE_FORMAT = "tinystories-budget-table"
@@ -98,8 +98,10 @@ def measure_speed(mcfg: ModelConfig, batch_size: int, context: int, seconds: flo
     """
     import torch
 
-    from .model import GPTNeo
-    from .train import _AUTOCAST, TrainConfig, make_optimizer
+    from ..model.gpt_neo import GPTNeo
+    from ..runtime.device import AUTOCAST
+    from .config import TrainConfig
+    from .optim import make_optimizer
 
     t0 = time.perf_counter()
     device = torch.device(device or "cpu")
@@ -109,7 +111,7 @@ def measure_speed(mcfg: ModelConfig, batch_size: int, context: int, seconds: flo
         model = GPTNeo(mcfg).to(device).train()
         opt = make_optimizer(model, TrainConfig(), device)
         x = torch.randint(0, mcfg.vocab_size, (batch_size, context + 1), device=device)
-        dtype = _AUTOCAST[precision]
+        dtype = AUTOCAST[precision]
 
         def step() -> float:
             t = time.perf_counter()
@@ -276,7 +278,8 @@ def plan(cfg, data, device, *, table: Table | None = None, say: Callable[[str], 
     """
     import torch
 
-    from .train import TrainConfig, physical_cores, resolve_precision
+    from .config import TrainConfig
+    from ..runtime.device import physical_cores, resolve_precision
 
     t_start = time.time()
     say = say or (lambda line: print(line, file=sys.stderr, flush=True))

@@ -20,7 +20,7 @@ from typing import Callable
 import yaml
 
 from ..errors import UserError
-from ..llm import ChatClient
+from .client import ChatClient
 from .cache import JsonlCache, key
 
 DEFAULT_TEMPLATE = "gpt_eval_judge.yaml"

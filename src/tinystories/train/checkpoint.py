@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError
-from .modeldir import WEIGHTS_FILE, model_config, save_model
-from .utils import atomic_dir
+from ..errors import UserError
+from ..model.modeldir import WEIGHTS_FILE, model_config, save_model
+from ..runtime.files import atomic_dir
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "state.json"
@@ -124,7 +124,7 @@ def load_weights(model, weights: dict) -> None:
 
 
 def _weights(model) -> dict:
-    from .modeldir import _unwrap
+    from ..model.modeldir import _unwrap
 
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in _unwrap(model).state_dict().items()}
     if model_config(model).tie_embeddings:

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import kernels
+from ..kernels import cpu as kernels
 from .config import ModelConfig
 
 

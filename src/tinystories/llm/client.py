@@ -26,7 +26,7 @@ import urllib.request
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Callable, Iterable, Iterator, TypeVar
 
-from .errors import UserError
+from ..errors import UserError
 
 T = TypeVar("T")
 R = TypeVar("R")

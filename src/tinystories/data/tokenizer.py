@@ -21,7 +21,7 @@ from typing import Iterable
 
 from tokenizers import Tokenizer as HFTokenizer
 
-from .errors import UserError
+from ..errors import UserError
 
 EOT = "<|endoftext|>"
 UNK = "<|unk|>"

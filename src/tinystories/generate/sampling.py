@@ -17,18 +17,16 @@ so that both give the same text on the same weights.
 from __future__ import annotations
 
 import math
-import sys
-import types
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from .errors import UserError
+from ..errors import UserError
 
 if TYPE_CHECKING:  # torch is imported where it is used, so that option errors come before it loads
     import torch
 
-    from .model import GPTNeo
-    from .tokenizer import Tokenizer
+    from ..model.gpt_neo import GPTNeo
+    from ..data.tokenizer import Tokenizer
 
 # on_text(prompt_index, sample_index, new_text): the streaming callback.
 TextCallback = Callable[[int, int, str], None]
@@ -412,7 +410,7 @@ DRAFT_MIN_WEIGHTS = 4_000_000  # below this, a pass costs its per-layer overhead
 
 def _draft_weights(model, draft: str) -> list | None:
     """The int8 copy's weights for drafting, when it can be built and may pay ("auto"), or "on"."""
-    from . import kernels
+    from ..kernels import cpu as kernels
 
     if draft == "off" or not kernels.attention_available() or model.wte.weight.device.type != "cpu":
         return None
@@ -663,13 +661,3 @@ class _Detokenizer:
             return ""
         piece, self.sent = text[self.sent:], len(text)
         return piece
-
-
-# `tinystories.generate(...)` calls this function, yet `tinystories.generate` is also this
-# module (importing a submodule sets it as the package attribute): so the module is callable.
-class _CallableModule(types.ModuleType):
-    def __call__(self, *args, **kwargs):
-        return generate(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -1,0 +1,1 @@
+"""What every step runs on: atomic files, progress bars, devices and precision, several processes."""
