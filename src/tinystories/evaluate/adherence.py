@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-
-
-
-
-
-
-
 from dataclasses import dataclass, field
+
 from ..data.instruct.features import DETECTORS
 from ..data.instruct.records import InstructRecord, canonical_feature
-from ..data.instruct.words import lexicon_lemmas, normalize_for_match, word_forms, word_tokens
-
-
-
-
-
+from ..data.instruct.words import (
+    lexicon_lemmas,
+    normalize_for_match,
+    word_forms,
+    word_tokens,
+)
 
 # ---------------------------------------------------------------- adherence metrics
 
@@ -82,7 +76,5 @@ def adherence(instr: InstructRecord, story: str) -> Adherence:
         else:
             a.unscored.append(f)
     return a
-
-
 
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..runtime.files import atomic_dir, atomic_write_json
 from .hf import check_tokenizer_fits, to_hf_config, to_hf_state
 from .modeldir import check_model_dir, load_model
-from ..runtime.files import atomic_dir, atomic_write_json
 
 
 def export_hf(model_dir: str | Path, out_dir: str | Path, force: bool = False) -> Path:

@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-
-
 import os
-
 import re
-
-
 import sys
 
-
-
-
 from ..errors import UserError
-
-
 
 # ---------------------------------------------------------------- progress
 
@@ -55,6 +45,5 @@ def format_duration(seconds: float) -> str:
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
     return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
-
 
 

@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-
-
 import os
-
-
-
-
-
+import time
 from pathlib import Path
 
-
-from ..errors import UserError
-import time
 import torch
 
-
+from ..errors import UserError
 
 # ---------------------------------------------------------------- devices
 

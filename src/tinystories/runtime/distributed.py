@@ -2,36 +2,12 @@
 
 from __future__ import annotations
 
-
-
-
-
-
 import os
-
-
-
-
-
-
 from dataclasses import dataclass
-
-
-
-
 
 import torch
 
-
-
-
 from ..errors import UserError
-
-
-
-
-
-
 
 # ===================================================================== distributed
 
@@ -71,7 +47,6 @@ def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
     return d, device
 
 
-
 def barrier(d: Dist) -> None:
     if d.on:
         import torch.distributed as dist
@@ -95,6 +70,5 @@ def gather(d: Dist, obj) -> list:
     out = [None] * d.world
     dist.all_gather_object(out, obj)
     return out
-
 
 

@@ -3,24 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-
 import json
-
 import os
-
-
 import shutil
-
-
 import tempfile
-
 from pathlib import Path
-
 from typing import Any, Iterator
 
 from ..errors import UserError
-
-
 
 # ---------------------------------------------------------------- atomic writes
 
@@ -87,6 +77,5 @@ def atomic_dir(path: str | os.PathLike, force: bool = False, option: str = "--ou
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
 
 

@@ -2,34 +2,8 @@
 
 from __future__ import annotations
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 import numpy as np
-
 import torch
-
-
-
-
-
-
-
-
-
-
 
 # ===================================================================== data
 
@@ -64,6 +38,5 @@ class TokenWindows:
             rows.append(np.asarray(self.tokens[start:start + T + 1], dtype=np.int64))
         xy = torch.from_numpy(np.stack(rows))
         return xy[:, :-1], xy[:, 1:]
-
 
 

@@ -3,44 +3,19 @@
 from __future__ import annotations
 
 import contextlib
-
 import dataclasses
-
 import difflib
-
-
 import math
-
-
-
-
-
 import tomllib
-
 import typing
-
 from dataclasses import dataclass, field
-
 from importlib import resources
-
 from pathlib import Path
-
 from typing import Any
 
-
-
-
-from ..model.config import ModelConfig
-
-
 from ..errors import UserError
-
-
-
-
+from ..model.config import ModelConfig
 from ..runtime.console import parse_duration
-
-
 
 DEFAULT_PRESET = "1M"
 CONFIG_FILE = "train_config.json"
@@ -288,6 +263,5 @@ def build_config(*, recipe: str | None = None, sets: list[str] = (), base: dict 
         d["model"] = {**(d.get("model") or {}), **r.get("model", {})}
     d.update({k: v for k, v in options.items() if v is not None})
     return TrainConfig.from_dict(apply_sets(d, list(sets)), where="--set" if sets else "train config")
-
 
 

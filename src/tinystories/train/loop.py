@@ -22,24 +22,28 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint as ckpt
-from ..model.config import ModelConfig, preset_config
-from .budget import wanted as budget_wanted
+from ..data.tokenizer import TOKENIZER_FILE, Tokenizer
 from ..errors import UserError
 from ..evaluate.metrics import stream_loss
+from ..model.config import ModelConfig, preset_config
 from ..model.modeldir import save_model
-from ..data.tokenizer import TOKENIZER_FILE, Tokenizer
-from ..runtime.files import atomic_dir, atomic_write_json
 from ..runtime.console import format_duration, progress
 from ..runtime.device import AUTOCAST, physical_cores, resolve_precision
-from .config import CONFIG_FILE, DEFAULT_PRESET, RESUME_FROZEN, SUMMARY_FILE, TrainConfig
 from ..runtime.distributed import Dist, barrier, broadcast, gather, init_distributed
-from .runlog import RunLog
+from ..runtime.files import atomic_dir, atomic_write_json
+from . import checkpoint as ckpt
 from .batches import TokenWindows
-from .schedule import lr_at
+from .budget import wanted as budget_wanted
+from .config import (
+    CONFIG_FILE,
+    DEFAULT_PRESET,
+    RESUME_FROZEN,
+    SUMMARY_FILE,
+    TrainConfig,
+)
 from .optim import make_optimizer
-
-
+from .runlog import RunLog
+from .schedule import lr_at
 
 # torch.compile takes about a minute before the first step; it must have time to pay that back.
 COMPILE_MIN_STEPS = 500
@@ -59,7 +63,6 @@ def compile_pays(cfg: TrainConfig, device: torch.device, total_steps: int | None
     if total_steps is not None and total_steps < COMPILE_MIN_STEPS:
         return False
     return cfg.max_time is None or cfg.max_time >= COMPILE_MIN_SECONDS
-
 
 
 # ===================================================================== training
@@ -404,9 +407,6 @@ def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     if device.type == "cuda":
         return t.contiguous().pin_memory().to(device, non_blocking=True)
     return t.to(device)
-
-
-
 
 
 def _install_stop_handlers(state: dict):

@@ -4,32 +4,9 @@ from __future__ import annotations
 
 import contextlib
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 import torch
+
 from .config import TrainConfig
-
-
-
-
-
-
-
-
-
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
@@ -46,6 +23,5 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
         with contextlib.suppress(RuntimeError, TypeError):
             return torch.optim.AdamW(groups, fused=True, **kw)
     return torch.optim.AdamW(groups, **kw)
-
 
 

@@ -3,37 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-
-
-
 import json
-
-
-
-
-
-
-
-
-
-
 from pathlib import Path
 
-
-
-
-
-
-
 from ..errors import UserError
-
-
-
-
 from ..runtime.files import atomic_write_bytes
 from .config import METRICS_FILE, PLOT_FILE
-
-
 
 # ===================================================================== run log
 
@@ -87,7 +62,9 @@ class RunLog:
         import io
 
         from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend, faster import
+        from matplotlib.figure import (
+            Figure,  # no pyplot: no global state, no GUI backend, faster import
+        )
 
         train = [(r["tokens"], r["loss"]) for r in self.records if "loss" in r]
         val = [(r["tokens"], r["val_loss"]) for r in self.records if "val_loss" in r]
@@ -113,6 +90,5 @@ class RunLog:
             self.file.close()
             if self.tb is not None:
                 self.tb.close()
-
 
 

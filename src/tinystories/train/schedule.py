@@ -2,34 +2,9 @@
 
 from __future__ import annotations
 
-
-
-
-
 import math
+
 from .config import TrainConfig
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 # ===================================================================== schedule
 
@@ -51,6 +26,5 @@ def lr_at(cfg: TrainConfig, step: int, total_steps: int | None, time_fraction: f
     p = min(max(p, 0.0), 1.0)
     floor = cfg.lr * cfg.min_lr_ratio
     return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * p))
-
 
 

@@ -2,29 +2,18 @@
 
 from __future__ import annotations
 
-
 import os
-
 import random
-
-
 import tempfile
-
-
 from collections import Counter
-
 from dataclasses import dataclass
-
 from pathlib import Path
-
 from typing import Callable, Iterable, Iterator, Mapping
 
 from ...errors import UserError
+from .features import detect_features
 from .records import EOT, FIELDS, InstructRecord, format_record
 from .words import QUOTES, content_words, split_sentences, word_tokens
-from .features import detect_features
-
-
 
 # ---------------------------------------------------------------- building records
 
@@ -112,8 +101,8 @@ def write_records(records: Iterable[InstructRecord], out: str | Path, *, force: 
                   progress_desc: str | None = None, total: int | None = None) -> int:
     """Write records in the official txt format (each record, then a `<|endoftext|>` line), streamed
     into a temporary sibling that replaces `out` only when all is written. Returns the count."""
-    from ...runtime.files import fsync_dir
     from ...runtime.console import progress
+    from ...runtime.files import fsync_dir
 
     out = Path(out)
     if out.exists() and not force:
@@ -171,7 +160,5 @@ def make_summarizer(url: str, model: str, *, cache: str | Path | None = None, **
         return text
 
     return summarize
-
-
 
 

@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-
-
-
-
-
-
-
 from dataclasses import dataclass, field
-
 from importlib import resources
 from pathlib import Path
-
 from typing import Iterable, Sequence
+
 from .records import InstructRecord, format_prompt, read_records
 from .words import lemma, normalize_for_match
-
-
-
 
 # ---------------------------------------------------------------- the evaluation set
 

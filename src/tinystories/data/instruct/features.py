@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-
-
-
 import re
-
-
 import unicodedata
-
-
-
-
 from typing import Callable
+
 from .words import QUOTES
-
-
-
 
 # ---------------------------------------------------------------- feature detectors
 
@@ -61,7 +50,5 @@ DETECTORS: dict[str, Callable[[str], bool]] = {"Dialogue": has_dialogue, "MoralV
 
 def detect_features(story: str) -> list[str]:
     return [name for name, detect in DETECTORS.items() if detect(story)]
-
-
 
 

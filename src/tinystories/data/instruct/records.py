@@ -210,5 +210,3 @@ def format_prompt(rec: InstructRecord | None = None, *, words: Sequence[str] = (
     return f"{format_instructions(rec)}Story:" + (f" {start}" if start else "")
 
 
-
-

@@ -3,20 +3,8 @@
 from __future__ import annotations
 
 import functools
-
-
-
 import re
-
-
 import unicodedata
-
-
-
-
-
-
-
 
 # ---------------------------------------------------------------- text pieces
 
@@ -131,7 +119,5 @@ def word_forms(word: str) -> frozenset[str]:
             infl = {**getAllInflectionsOOV(lemma, "NOUN"), **getAllInflectionsOOV(lemma, "VERB")}
         forms.update(f.lower() for fs in infl.values() for f in fs)
     return frozenset(forms)
-
-
 
 
