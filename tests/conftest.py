@@ -99,6 +99,32 @@ def tiny_data(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_model(tiny_data, tmp_path_factory) -> Path:
+    """A run directory (also a model directory) trained by the project's own `train()` on `tiny_data`:
+    2 layers of 64, 4 heads, context 128, 120 steps of 8 x 128 tokens (a few seconds on 2 cores)."""
+    from tinystories.train.config import TrainConfig
+    from tinystories.train.loop import train
+
+    out = tmp_path_factory.mktemp("tiny_model") / "run"
+    train(TrainConfig(data=str(tiny_data), out=str(out), preset="1M", context=128, batch_size=8, max_steps=120,
+                      lr=5e-3, warmup_steps=10, threads=1, samples=0, eval_every=0, final_eval_tokens=4096, precision="fp32",
+                      model={"hidden": 64, "layers": 2, "heads": 4, "window": 32}))
+    return out
+
+
+def pytest_collection_modifyitems(config, items):
+    """`cuda` tests exist everywhere and run only where a CUDA GPU is."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (benchmarks/gpu_check.sh runs these)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 class LocalServer(ThreadingHTTPServer):
     """An HTTP server on 127.0.0.1 (a free port), serving `handler` from a daemon thread: the real
     network peer that LLM-judge and summarizer tests talk to. Subclasses set their own state before

@@ -7,6 +7,7 @@ Every run trains a tiny GPT-Neo (hidden 32, 2 layers, context 64) on real TinySt
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import signal
 import subprocess
@@ -375,3 +376,12 @@ def test_cli_existing_run_dir_and_missing_stop(full_run, data_dir, tmp_path):
     assert_one_line_error(proc, "already exists", "--resume", "--force")
     proc = run_cli("train", "--data", data_dir, "--out", tmp_path / "r", *TINY_ARGS)
     assert_one_line_error(proc, "--max-steps", "--max-time")
+
+
+def test_the_shared_tiny_model_is_a_trained_run(tiny_model):
+    """The conftest fixture other test files build on: a real run of `train()`, loadable, and learned something."""
+    summary = json.loads((tiny_model / "summary.json").read_text())
+    assert summary["steps"] == 120 and summary["stopped"] == "max_steps"
+    assert summary["val_loss"] < math.log(512) - 1.0, summary  # well below a uniform guess
+    model, tok = load_model(tiny_model)
+    assert model.config.layers == 2 and tok.vocab_size == 512
