@@ -13,6 +13,7 @@ in a temporary sibling and renamed into place at the end: a failed or killed run
 from __future__ import annotations
 
 import os
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -22,7 +23,7 @@ from typing import Iterator, Sequence
 from ..errors import UserError
 from .sources import Source, iter_stories, resolve_source, story_hash
 from .tokenizer import GPT2_VOCAB_SIZE, Tokenizer, gpt2_base, gpt2_id_map, gpt_neo_tokenizer, train_bpe
-from ..runtime.files import atomic_dir, atomic_write_json
+from ..runtime.files import atomic_dir, atomic_write_json, check_apart
 from ..runtime.console import progress
 
 DATA_FORMAT = "tinystories-data"
@@ -34,6 +35,32 @@ MAX_VOCAB = 65535                  # ids are stored as uint16
 BPE_TRAIN_BYTES = 256 << 20        # train the BPE on a hash-chosen sample of at most this much text
 BATCH_BYTES = 1 << 20              # stories per encode_batch call, by size
 SPLITS = ("train", "val")
+# BPE training and encoding are superlinear in the length of one pre-token (a 200K-character "word"
+# takes half a minute to train on, 2 MB never finishes). Longer runs are cut into pieces of this many
+# characters: decoding gives back the same text, only the token boundaries inside the run differ.
+MAX_WORD_CHARS = 128
+_LONG_RUN = re.compile(r"\S{%d,}" % (MAX_WORD_CHARS + 1))
+
+
+def split_long_words(text: str) -> list[str]:
+    """`text` as pieces to encode one by one, `"".join(pieces) == text`, so that no run without
+    whitespace is longer than 2 * MAX_WORD_CHARS. Almost every story is one piece."""
+    # The quick test looks at windows every MAX_WORD_CHARS (a run of 2x that always holds one): ~1 us
+    # a story, where the regex or str.split over every story would add a minute to a full prepare.
+    step = MAX_WORD_CHARS
+    if not any(" " not in text[i:i + step + 1] and "\n" not in text[i:i + step + 1]
+               for i in range(0, len(text) - step, step)):
+        return [text]
+    pieces: list[str] = []
+    at = 0
+    for m in _LONG_RUN.finditer(text):
+        if m.start() > at:
+            pieces.append(text[at:m.start()])
+        pieces.extend(text[i:min(i + MAX_WORD_CHARS, m.end())] for i in range(m.start(), m.end(), MAX_WORD_CHARS))
+        at = m.end()
+    if at < len(text):
+        pieces.append(text[at:])
+    return pieces
 
 
 @dataclass
@@ -172,9 +199,16 @@ class _Writer:
             if not stories:
                 continue
             ids: list[int] = []
-            for enc in self.tk.encode_batch_fast(stories):
-                ids.extend(enc.ids)
-                ids.append(self.eot)
+            pieces = [split_long_words(s) for s in stories]
+            if all(len(p) == 1 for p in pieces):
+                for enc in self.tk.encode_batch_fast(stories):
+                    ids.extend(enc.ids)
+                    ids.append(self.eot)
+            else:  # a story with an overlong "word": encode its pieces and join them
+                for story_pieces in pieces:
+                    for enc in self.tk.encode_batch_fast(story_pieces):
+                        ids.extend(enc.ids)
+                    ids.append(self.eot)
             arr = np.array(ids, dtype=np.int64)
             assert arr.max() <= MAX_VOCAB  # ids fit uint16 (vocab sizes are checked up front)
             arr = arr.astype(np.uint16)
@@ -260,6 +294,7 @@ def prepare(sources: Sequence[str | os.PathLike] | str | os.PathLike, out: str |
         raise UserError(f"--val-fraction {val_fraction}: must be between 0 and 1 (exclusive), e.g. 0.05")
     train_srcs = [resolve_source(s) for s in sources]
     val_srcs = [resolve_source(s) for s in (val or [])]
+    check_apart(out, [s.path for s in train_srcs + val_srcs])  # even with --force: never replace an input
     if tokenizer == "bpe" and vocab_size is None:
         vocab_size = DEFAULT_BPE_VOCAB
 
@@ -314,7 +349,7 @@ def _train_bpe(plan: _Plan, vocab_size: int) -> Tokenizer:
                     continue
                 used["stories"] += 1
                 used["bytes"] += len(story.encode("utf-8"))
-                yield story
+                yield from split_long_words(story)
 
     tok = train_bpe(texts(), vocab_size)
     tok.meta.update({"requested_vocab_size": vocab_size, "trained_on": used})
@@ -439,5 +474,24 @@ def load_data_dir(path: str | os.PathLike, option: str = "--data") -> DataDir:
         if f.stat().st_size != want:
             raise UserError(f"{option} {f}: {f.stat().st_size} bytes, meta.json says {want}; "
                             f"the file is truncated or changed, prepare the directory again")
-        arrays[s] = np.memmap(f, dtype=np.uint16, mode="r")
+        arrays[s] = np.memmap(f, dtype=np.uint16, mode="r") if want else np.zeros(0, dtype=np.uint16)
+    try:
+        vocab, eot = int(meta["vocab_size"]), int(meta["eot_id"])
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f"{option} {meta_path}: no vocab_size or eot_id; prepare the directory again") from None
+    if not 0 <= eot < vocab <= MAX_VOCAB + 1:
+        raise UserError(f"{option} {meta_path}: vocab_size {vocab} and eot_id {eot} do not fit together; "
+                        f"prepare the directory again")
+    for s in SPLITS:
+        _check_ids(path / f"{s}.bin", arrays[s], vocab, option)
     return DataDir(path, meta, arrays["train"], arrays["val"])
+
+
+def _check_ids(f: Path, data, vocab: int, option: str, chunk: int = 1 << 24) -> None:
+    """UserError if a token id is outside the vocabulary: a changed file, or one from another DATA_DIR.
+    Reading the ids costs about a second per GB; an embedding lookup past the table would be a crash."""
+    for i in range(0, len(data), chunk):
+        top = int(data[i:i + chunk].max())
+        if top >= vocab:
+            raise UserError(f"{option} {f}: token id {top} is outside the vocabulary of {vocab} (meta.json); "
+                            f"the file was changed or comes from another directory, prepare it again")

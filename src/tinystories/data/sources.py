@@ -30,6 +30,9 @@ EOT = "<|endoftext|>"
 FILE_KINDS = {".txt": "txt", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 JSON_SHAPES = 'a list of strings, {"texts": [...]}, or a list of {"text": ...}'
 CHUNK = 1 << 20  # 1 MiB reads
+# A story is about 1 KB. A "document" this long is a file in another format (no <|endoftext|> lines,
+# one JSON value per file): refused, because it would be held whole in memory and tokenized as one.
+MAX_DOCUMENT_CHARS = 1 << 24
 VAL_SPLITS = ("validation", "valid", "val", "test")
 
 OnBytes = Callable[[int], None]
@@ -149,6 +152,8 @@ def iter_stories(source: str | os.PathLike | Source, *, role: str = "train",
         # A literal <|endoftext|> inside a document is a separator too (never part of a story).
         for piece in raw.split(EOT) if EOT in raw else (raw,):
             story = normalize(piece)
+            if len(story) > MAX_DOCUMENT_CHARS:
+                raise _too_long(src.path or Path(src.spec), f"story {n + 1}", "split it into stories")
             if story:
                 n += 1
                 yield story
@@ -203,13 +208,22 @@ def _text_chunks(path: Path, on_bytes: OnBytes) -> Iterator[str]:
                 return
 
 
+def _too_long(path: Path, what: str, fix: str) -> UserError:
+    return UserError(f"{path}: {what} longer than {MAX_DOCUMENT_CHARS >> 20} M characters; {fix}")
+
+
 def _read_txt(path: Path, on_bytes: OnBytes) -> Iterator[str]:
     """The official format: documents separated by `<|endoftext|>` (on its own line)."""
     rest = ""
     for text in _text_chunks(path, on_bytes):
         parts = (rest + text).split(EOT)
         rest = parts.pop()
+        for part in parts:
+            if len(part) > MAX_DOCUMENT_CHARS:
+                raise _too_long(path, "a document", f"separate the stories with {EOT} lines")
         yield from parts
+        if len(rest) > MAX_DOCUMENT_CHARS:
+            raise _too_long(path, "a document", f"separate the stories with {EOT} lines")
     yield rest
 
 
@@ -218,6 +232,8 @@ def _read_jsonl(path: Path, on_bytes: OnBytes) -> Iterator[str]:
     for text in _text_chunks(path, on_bytes):
         lines = (rest + text).split("\n")
         rest = lines.pop()
+        if len(rest) > MAX_DOCUMENT_CHARS or any(len(x) > MAX_DOCUMENT_CHARS for x in lines):
+            raise _too_long(path, f"line {lineno + 1} or the next", "give one story per line")
         for line in lines:
             lineno += 1
             yield from _jsonl_line(path, lineno, line)
@@ -303,6 +319,8 @@ class _JsonStream:
                 if self.eof or not cut_off:
                     self.error(e.msg)
             # The value runs past the buffer: read at least as much again (keeps re-parsing linear).
+            if len(self.buf) - self.pos > MAX_DOCUMENT_CHARS:
+                raise _too_long(self.path, "a JSON value", f"expected {JSON_SHAPES}, each a story")
             if not self._more(max(CHUNK, len(self.buf) - self.pos)):
                 self.error("the file ends inside a value")
 

@@ -57,7 +57,7 @@ class Tokenizer:
             raise UserError(f"{path}: not a tokenizers file ({str(e).splitlines()[0]})") from None
         meta_path = directory / META_FILE
         if meta_path.is_file():
-            meta = json.loads(meta_path.read_text())
+            meta = _read_meta(meta_path, tk)
         else:  # a bare tokenizer.json (e.g. from a transformers directory): infer the facts
             eot = tk.token_to_id(EOT)
             if eot is None:
@@ -96,6 +96,33 @@ class Tokenizer:
             return ids
         v, unk = self.vocab_size, self.unk_id
         return [i if i < v else unk for i in ids]
+
+
+def _read_meta(path: Path, tk: HFTokenizer) -> dict:
+    """tokenizer_meta.json, checked: a damaged or foreign file is a UserError naming it, not a KeyError later."""
+    again = "write the directory again (prepare, train or export)"
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not valid JSON ({str(e).splitlines()[0]}); {again}") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{path}: expected a JSON object with kind, vocab_size and eot_id; {again}")
+    for k in ("vocab_size", "eot_id"):
+        if not isinstance(meta.get(k), int) or isinstance(meta.get(k), bool):
+            raise UserError(f"{path}: {k} is missing or not an integer; {again}")
+    if not isinstance(meta.get("kind"), str):
+        raise UserError(f"{path}: kind is missing or not a string; {again}")
+    v, eot, unk = meta["vocab_size"], meta["eot_id"], meta.get("unk_id")
+    if not 0 < v <= tk.get_vocab_size() or not 0 <= eot < v:
+        raise UserError(f"{path}: vocab_size {v} / eot_id {eot} do not fit tokenizer.json's "
+                        f"{tk.get_vocab_size()} tokens; {again}")
+    if unk is not None and (not isinstance(unk, int) or isinstance(unk, bool) or not 0 <= unk < v):
+        raise UserError(f"{path}: unk_id {unk!r} is not an id under vocab_size {v}; {again}")
+    ids = meta.get("gpt2_ids")
+    if ids is not None and (not isinstance(ids, list) or len(ids) != v
+                            or not all(isinstance(i, int) and -1 <= i < GPT2_VOCAB_SIZE for i in ids)):
+        raise UserError(f"{path}: gpt2_ids must be {v} GPT-2 ids (-1 for the unknown token); {again}")
+    return meta
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int = 8192, show_progress: bool = False) -> Tokenizer:
