@@ -18,6 +18,9 @@ from typing import Any
 from ..errors import UserError
 
 
+RECORD_START = b'{"key": "'  # how json.dumps({"key": ..., ...}) begins: the mark of our files
+
+
 def key(*parts: Any) -> str:
     """A stable hash of JSON-able parts."""
     blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
@@ -50,6 +53,7 @@ class JsonlCache:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if self.path.exists():
+                self._check_ours()
                 with open(self.path, "r", encoding="utf-8", errors="replace") as f:
                     for line in f:
                         self._torn = not line.endswith("\n")
@@ -60,6 +64,16 @@ class JsonlCache:
                             continue  # a line torn by a kill mid-write
         except OSError as e:
             raise UserError(f"--cache {self.path}: cannot use it ({e.strerror}); pass another --cache") from None
+
+    def _check_ours(self) -> None:
+        """Refuse a file this class did not write (weights, a report, a story file given as --cache by
+        mistake): appending to it would damage it. Every record starts with the same bytes, so the
+        first ones tell, even when a kill tore the first record."""
+        with open(self.path, "rb") as f:
+            head = f.read(len(RECORD_START))
+        if head and not RECORD_START.startswith(head) and not head.startswith(RECORD_START):
+            raise UserError(f"--cache {self.path}: not a tinystories cache (it does not start with "
+                            f"{RECORD_START.decode()}); pass another --cache, or --no-cache")
 
     def __len__(self) -> int:
         return len(self._data)

@@ -115,6 +115,7 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu",
         from .hf import load_hf_dir
 
         model, tok = load_hf_dir(directory)
+        check_finite(model.state_dict(), directory)
         return model.to(device=device, dtype=dtype).eval(), tok
 
     cfg, tok = check_model_dir(directory)
@@ -136,8 +137,21 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu",
         if t.shape != expected[k].shape:
             raise UserError(f"{weights}: {k} has shape {tuple(t.shape)} but config.json implies "
                             f"{tuple(expected[k].shape)}; the weights do not belong to this config")
+    check_finite(state, weights)
     model.load_state_dict(state)
     return model.to(device=device, dtype=dtype).eval(), tok
+
+
+def check_finite(state: dict, where: str | Path) -> None:
+    """UserError if a weight is NaN or infinite: such a model writes garbage, so every verb refuses it
+    (a diverged run's last weights, or a damaged file). A pass over the weights, ~0.1 s for 33M."""
+    import torch
+
+    for k, t in state.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise UserError(f"{where}: {k} has {bad} non-finite value(s) (NaN or inf); the model diverged or "
+                            f"the file is damaged: use an earlier checkpoint or train again")
 
 
 def model_config(model) -> ModelConfig:
