@@ -58,6 +58,84 @@ def test_fused_attention_equals_sdpa_with_gradients(head_dim, window, scale):
         assert moved[:, window:].abs().max() == 0 and moved[:, 0].abs().max() > 1
 
 
+@pytest.mark.parametrize("head_dim,window", [(4, 256), (16, None), (3, 100)])
+def test_fused_attention_in_bf16_equals_fp32_sdpa_on_the_same_numbers(head_dim, window):
+    """bf16 activations in and out, fp32 sums inside: against fp32 SDPA on the same (bf16-rounded)
+    inputs, the only error is rounding the outputs to bf16 (relative 2^-8 of the largest value)."""
+    torch.manual_seed(7)
+    B, T, H = 2, 301, 3
+    qkv = torch.randn(B, T, 3 * H * head_dim).bfloat16()
+    g = torch.randn(B, T, H * head_dim).bfloat16()
+    ref_in = qkv.float().requires_grad_()
+    ref = _reference_attention(ref_in, H, window, 0.5)
+    (ref_grad,) = torch.autograd.grad(ref, ref_in, g.float())
+    x = qkv.clone().requires_grad_()
+    out = kernels.fused_attention(x, H, window, 0.5)
+    (grad,) = torch.autograd.grad(out, x, g)
+    assert out.dtype == grad.dtype == torch.bfloat16
+    assert (out.float() - ref).abs().max() <= 2 ** -8 * ref.abs().max()
+    assert (grad.float() - ref_grad).abs().max() <= 2 ** -8 * ref_grad.abs().max()
+
+
+def test_kernel_boundary_rejects_wrong_shapes_dtypes_and_arguments():
+    """The C entry points take sizes only from checked tensors: a mistake raises, never corrupts."""
+    B, T, H, D = 2, 9, 2, 4
+    qkv = torch.randn(B, T, 3 * H * D)
+    y, lse = kernels.attention_fwd(qkv, H, 0, 1.0)
+    bad_calls = [
+        lambda: kernels.attention_fwd(qkv[:, :, :-1], H, 0, 1.0),              # not 3 * heads * head_dim
+        lambda: kernels.attention_fwd(qkv, 5, 0, 1.0),                         # heads do not divide C
+        lambda: kernels.attention_fwd(qkv.double(), H, 0, 1.0),                # dtype
+        lambda: kernels.attention_fwd(qkv.transpose(0, 1), H, 0, 1.0),         # layout (strides)
+        lambda: kernels.attention_fwd(qkv, H, -3, 1.0),                        # window
+        lambda: kernels.attention_bwd(qkv, y, y, lse.transpose(1, 2).contiguous(), H, 0, 1.0),  # lse [B, T, H]
+        lambda: kernels.attention_bwd(qkv, lse, y, y, H, 0, 1.0),              # arguments swapped
+        lambda: kernels.attention_bwd(qkv, y.bfloat16(), y, lse, H, 0, 1.0),   # mixed dtypes
+    ]
+    for call in bad_calls:
+        with pytest.raises(ValueError):
+            call()
+    assert torch.library.opcheck(kernels.attention_fwd, (qkv.requires_grad_(), H, 3, 0.5))["test_schema"] == "SUCCESS"
+
+
+def test_bf16_autocast_keeps_the_fast_paths_and_matches_fp32_loss():
+    """Under bf16 autocast the model's attention and loss stay on the kernels (no SDPA fallback), and
+    loss and gradients agree with the fp32 kernels to bf16 accuracy."""
+    cfg = ModelConfig(vocab_size=300, context=320, hidden=32, layers=2, heads=8, window=256)
+    torch.manual_seed(8)
+    model = GPTNeo(cfg)
+    idx, tgt = torch.randint(0, 300, (2, 300)), torch.randint(0, 300, (2, 300))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        qkv = model.blocks[0].attn.qkv(torch.randn(2, 4, 32))
+        assert kernels.use_attention_kernel(qkv, 4, 0.0) and kernels.use_chunked_loss(qkv)
+        loss16 = model(idx, tgt)
+    g16 = torch.autograd.grad(loss16, list(model.parameters()))
+    loss32 = model(idx, tgt)
+    g32 = torch.autograd.grad(loss32, list(model.parameters()))
+    assert loss16.dtype == torch.float32 and abs(loss16.item() - loss32.item()) < 0.02
+    for a, b in zip(g16, g32):
+        assert a.dtype == torch.float32
+        assert (a - b).norm() <= 0.05 * b.norm() + 1e-6
+
+
+def test_lm_head_loss_in_bf16_equals_cross_entropy_of_bf16_logits():
+    torch.manual_seed(9)
+    x = torch.randn(700, 32, requires_grad=True)
+    w = torch.randn(500, 32, requires_grad=True)
+    targets = torch.randint(0, 500, (700,))
+    targets[::7] = -1
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast's own lm_head + cross-entropy
+        ref = F.cross_entropy((x @ w.t()).float(), targets, ignore_index=-1)
+        loss = kernels.lm_head_loss(x, w, targets, rows=128)
+    rgx, rgw = torch.autograd.grad(ref, (x, w))
+    gx, gw = torch.autograd.grad(loss, (x, w))
+    assert loss.dtype == torch.float32 and gw.dtype == torch.float32
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    # both round the gradient to bf16 before the products: a few bf16 ulps apart
+    assert (gx - rgx).abs().max() <= 2 ** -6 * rgx.abs().max()
+    assert (gw - rgw).abs().max() <= 2 ** -6 * rgw.abs().max()
+
+
 def test_lm_head_loss_equals_cross_entropy_with_gradients():
     torch.manual_seed(1)
     x = torch.randn(700, 32, requires_grad=True)

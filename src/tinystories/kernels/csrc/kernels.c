@@ -9,7 +9,8 @@
 
    Layout: qkv is [B, T, 3C] as the fused projection writes it (q, k, v, each C = H*D wide);
    y is [B, T, C]; lse is [B, H, T]; dqkv is [B, T, 3C]. Each call handles heads
-   [bh_begin, bh_end) of the B*H, so that callers may split the work across threads.
+   [bh_begin, bh_end) of the B*H, so that callers may split the work across threads. qkv, y, dy
+   and dqkv are all fp32 or all bf16 (`bf`); lse and every sum are fp32.
    Build: cc -O3 -march=native -fno-math-errno -fno-trapping-math -fassociative-math
           -fno-signed-zeros -ffp-contract=fast -shared -fPIC
 */
@@ -42,6 +43,26 @@ static inline float exp_neg(float x) {
 }
 
 static inline int round8(int n) { return (n + 7) & ~7; }
+
+/* Activations arrive as fp32 or bf16 (`bf` set: bf16 autocast). bf16 is converted to fp32 in
+   registers where a row is read (packing keys and values, loading queries) and rounded back where
+   a result is written, so every product and sum below runs in fp32. A bf16 number is the top half
+   of an fp32 one; the store rounds to nearest even and keeps NaN a NaN. */
+static inline float ld(const void *p, size_t i, int bf) {
+    if (!bf) return ((const float *)p)[i];
+    uint32_t u = (uint32_t)((const uint16_t *)p)[i] << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static inline void st(void *p, size_t i, float v, int bf) {
+    if (!bf) { ((float *)p)[i] = v; return; }
+    uint32_t u;
+    memcpy(&u, &v, sizeof u);
+    u = (u & 0x7fffffffu) > 0x7f800000u ? (u | 0x00400000u) : u + 0x7fffu + ((u >> 16) & 1u);
+    ((uint16_t *)p)[i] = (uint16_t)(u >> 16);
+}
 
 static inline int first_key(int i, int window) {
     return (window > 0 && i - window + 1 > 0) ? i - window + 1 : 0;
@@ -106,20 +127,21 @@ static inline void block_outer(float *restrict M, int TP, const float *restrict 
 
 
 /* pack this head's keys and values as [D][TP], zero-padded */
-static void pack_kv(const float *base, size_t rs, int C, int h, int D, int DP, int T, int TP, float *KT, float *VT) {
+static void pack_kv(const void *qkv, size_t base, size_t rs, int C, int h, int D, int DP, int T, int TP, float *KT,
+                    float *VT, int bf) {
     memset(KT, 0, sizeof(float) * (size_t)DP * TP);
     memset(VT, 0, sizeof(float) * (size_t)DP * TP);
     for (int t = 0; t < T; t++) {
-        const float *row = base + t * rs;
+        const size_t row = base + t * rs;
         for (int d = 0; d < D; d++) {
-            KT[(size_t)d * TP + t] = row[C + h * D + d];
-            VT[(size_t)d * TP + t] = row[2 * C + h * D + d];
+            KT[(size_t)d * TP + t] = ld(qkv, row + C + h * D + d, bf);
+            VT[(size_t)d * TP + t] = ld(qkv, row + 2 * C + h * D + d, bf);
         }
     }
 }
 
-static int forward_range(const float *qkv, float *y, float *lse, int T, int H, int D, int window, float scale,
-                         int bh_begin, int bh_end) {
+static int forward_range(const void *qkv, void *y, float *lse, int T, int H, int D, int window, float scale,
+                         int bh_begin, int bh_end, int bf) {
     const int C = H * D, DP = D + (D & 1), TP = round8(T) + 8;
     const size_t rs = (size_t)3 * C;
     float *buf = calloc((size_t)2 * DP * TP + (size_t)R * TP + 2 * R * DP, sizeof(float));
@@ -127,14 +149,14 @@ static int forward_range(const float *qkv, float *y, float *lse, int T, int H, i
     float *KT = buf, *VT = KT + (size_t)DP * TP, *S = VT + (size_t)DP * TP, *Q = S + (size_t)R * TP, *O = Q + R * DP;
     for (int bh = bh_begin; bh < bh_end; bh++) {
         const int b = bh / H, h = bh % H;
-        const float *base = qkv + (size_t)b * T * rs;
-        pack_kv(base, rs, C, h, D, DP, T, TP, KT, VT);
+        const size_t base = (size_t)b * T * rs;
+        pack_kv(qkv, base, rs, C, h, D, DP, T, TP, KT, VT, bf);
         for (int i0 = 0; i0 < T; i0 += R) {
             const int rows = T - i0 < R ? T - i0 : R;
             const int lo = first_key(i0, window), n = round8(i0 + rows - lo);
             for (int r = 0; r < R; r++) {  /* rows past T repeat the last one; their results are dropped */
-                const float *qi = base + (size_t)(i0 + (r < rows ? r : rows - 1)) * rs + h * D;
-                for (int d = 0; d < D; d++) Q[r * DP + d] = qi[d] * scale;
+                const size_t qi = base + (size_t)(i0 + (r < rows ? r : rows - 1)) * rs + h * D;
+                for (int d = 0; d < D; d++) Q[r * DP + d] = ld(qkv, qi + d, bf) * scale;
             }
             block_dot(S, TP, Q, KT + lo, DP, TP, n);
             float inv[R];
@@ -154,8 +176,8 @@ static int forward_range(const float *qkv, float *y, float *lse, int T, int H, i
             }
             block_reduce(O, S, TP, VT + lo, DP, TP, n);
             for (int r = 0; r < rows; r++) {
-                float *yi = y + ((size_t)b * T + i0 + r) * C + h * D;
-                for (int d = 0; d < D; d++) yi[d] = O[r * DP + d] * inv[r];
+                const size_t yi = ((size_t)b * T + i0 + r) * C + h * D;
+                for (int d = 0; d < D; d++) st(y, yi + d, O[r * DP + d] * inv[r], bf);
             }
         }
     }
@@ -165,8 +187,8 @@ static int forward_range(const float *qkv, float *y, float *lse, int T, int H, i
 
 /* Flash-attention style: probabilities recomputed from the saved log-sum-exp; dS = P (dP - delta)
    with delta = dy . y; dQ = dS K, dK = dS^T Q, dV = P^T dy (dK and dV accumulated per head). */
-static int backward_range(const float *qkv, const float *y, const float *dy, const float *lse, float *dqkv, int T,
-                          int H, int D, int window, float scale, int bh_begin, int bh_end) {
+static int backward_range(const void *qkv, const void *y, const void *dy, const float *lse, void *dqkv, int T,
+                          int H, int D, int window, float scale, int bh_begin, int bh_end, int bf) {
     const int C = H * D, DP = D + (D & 1), TP = round8(T) + 8;
     const size_t rs = (size_t)3 * C;
     float *buf = calloc((size_t)4 * DP * TP + (size_t)2 * R * TP + 3 * R * DP, sizeof(float));
@@ -176,9 +198,8 @@ static int backward_range(const float *qkv, const float *y, const float *dy, con
     float *O = G + R * DP;
     for (int bh = bh_begin; bh < bh_end; bh++) {
         const int b = bh / H, h = bh % H;
-        const float *base = qkv + (size_t)b * T * rs;
-        float *dbase = dqkv + (size_t)b * T * rs;
-        pack_kv(base, rs, C, h, D, DP, T, TP, KT, VT);
+        const size_t base = (size_t)b * T * rs;
+        pack_kv(qkv, base, rs, C, h, D, DP, T, TP, KT, VT, bf);
         memset(dKT, 0, sizeof(float) * (size_t)2 * DP * TP);
         for (int i0 = 0; i0 < T; i0 += R) {
             const int rows = T - i0 < R ? T - i0 : R;
@@ -186,13 +207,12 @@ static int backward_range(const float *qkv, const float *y, const float *dy, con
             float delta[R];
             for (int r = 0; r < R; r++) {
                 const int i = i0 + (r < rows ? r : rows - 1);
-                const float *qi = base + (size_t)i * rs + h * D;
-                const float *yi = y + ((size_t)b * T + i) * C + h * D, *gi = dy + ((size_t)b * T + i) * C + h * D;
+                const size_t qi = base + (size_t)i * rs + h * D, yi = ((size_t)b * T + i) * C + h * D;
                 delta[r] = 0.0f;
                 for (int d = 0; d < D; d++) {
-                    Q[r * DP + d] = qi[d] * scale;
-                    G[r * DP + d] = gi[d];
-                    delta[r] += gi[d] * yi[d];
+                    Q[r * DP + d] = ld(qkv, qi + d, bf) * scale;
+                    G[r * DP + d] = ld(dy, yi + d, bf);
+                    delta[r] += G[r * DP + d] * ld(y, yi + d, bf);
                 }
             }
             block_dot(P, TP, Q, KT + lo, DP, TP, n);
@@ -209,17 +229,17 @@ static int backward_range(const float *qkv, const float *y, const float *dy, con
             }
             block_reduce(O, dS, TP, KT + lo, DP, TP, n);  /* dQ */
             for (int r = 0; r < rows; r++) {
-                float *dqi = dbase + (size_t)(i0 + r) * rs + h * D;
-                for (int d = 0; d < D; d++) dqi[d] = O[r * DP + d] * scale;
+                const size_t dqi = base + (size_t)(i0 + r) * rs + h * D;
+                for (int d = 0; d < D; d++) st(dqkv, dqi + d, O[r * DP + d] * scale, bf);
             }
             block_outer(dKT + lo, TP, Q, dS, TP, DP, n);
             block_outer(dVT + lo, TP, G, P, TP, DP, n);
         }
         for (int t = 0; t < T; t++) {
-            float *row = dbase + t * rs;
+            const size_t row = base + t * rs;
             for (int d = 0; d < D; d++) {
-                row[C + h * D + d] = dKT[(size_t)d * TP + t];
-                row[2 * C + h * D + d] = dVT[(size_t)d * TP + t];
+                st(dqkv, row + C + h * D + d, dKT[(size_t)d * TP + t], bf);
+                st(dqkv, row + 2 * C + h * D + d, dVT[(size_t)d * TP + t], bf);
             }
         }
     }
@@ -231,34 +251,34 @@ static int backward_range(const float *qkv, const float *y, const float *dy, con
 /* Entry points: heads split evenly over `threads` OpenMP threads. The library is linked without
    an OpenMP runtime of its own, so these use the one torch already loaded (same thread pool);
    built without OpenMP, they run on the calling thread. Return 0, or -1 if out of memory. */
-int attention_forward(const float *qkv, float *y, float *lse, int B, int T, int H, int D, int window,
-                      float scale, int threads) {
+int attention_forward(const void *qkv, void *y, float *lse, int B, int T, int H, int D, int window,
+                      float scale, int threads, int bf) {
     int err = 0;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(threads > 0 ? threads : 1) reduction(| : err)
     {
         const int t = omp_get_thread_num(), n = omp_get_num_threads(), BH = B * H;
-        err |= forward_range(qkv, y, lse, T, H, D, window, scale, BH * t / n, BH * (t + 1) / n);
+        err |= forward_range(qkv, y, lse, T, H, D, window, scale, BH * t / n, BH * (t + 1) / n, bf);
     }
 #else
     (void)threads;
-    err = forward_range(qkv, y, lse, T, H, D, window, scale, 0, B * H);
+    err = forward_range(qkv, y, lse, T, H, D, window, scale, 0, B * H, bf);
 #endif
     return err;
 }
 
-int attention_backward(const float *qkv, const float *y, const float *dy, const float *lse, float *dqkv,
-                       int B, int T, int H, int D, int window, float scale, int threads) {
+int attention_backward(const void *qkv, const void *y, const void *dy, const float *lse, void *dqkv,
+                       int B, int T, int H, int D, int window, float scale, int threads, int bf) {
     int err = 0;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(threads > 0 ? threads : 1) reduction(| : err)
     {
         const int t = omp_get_thread_num(), n = omp_get_num_threads(), BH = B * H;
-        err |= backward_range(qkv, y, dy, lse, dqkv, T, H, D, window, scale, BH * t / n, BH * (t + 1) / n);
+        err |= backward_range(qkv, y, dy, lse, dqkv, T, H, D, window, scale, BH * t / n, BH * (t + 1) / n, bf);
     }
 #else
     (void)threads;
-    err = backward_range(qkv, y, dy, lse, dqkv, T, H, D, window, scale, 0, B * H);
+    err = backward_range(qkv, y, dy, lse, dqkv, T, H, D, window, scale, 0, B * H, bf);
 #endif
     return err;
 }
