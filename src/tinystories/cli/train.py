@@ -2,45 +2,63 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
+
+import tyro
+from tyro.conf import UseAppendAction, arg
+
+from .command import Command
+
+EXAMPLES = """Train a GPT-Neo model on a DATA_DIR from `tinystories prepare`. Settings come from the defaults,
+then --config, then the options here, then --set. Several GPUs: torchrun --nproc_per_node=K -m tinystories
+train ...
+
+examples:
+  tinystories train --data data/ts --max-time 10m --out runs/10m   # the best recipe for 10 minutes here
+  tinystories train --data data/ts --preset 1M --max-time 10m --out runs/1M
+  tinystories train --data data/ts --config paper --preset 8M --max-steps 2000 --out runs/8M
+  tinystories train --out runs/1M --resume --max-time 20m
+  tinystories train --data data/ts --preset 3M --set lr=3e-3 --set model.dropout=0.1 --max-tokens 5e6 --out runs/3M"""
 
 
-def add_parser(sub) -> None:
-    p = sub.add_parser(
-        "train", help="train a model on a DATA_DIR (resumable, on CPU, one GPU or torchrun)",
-        description="Train a GPT-Neo model on a DATA_DIR from `tinystories prepare`. Settings come from the "
-                    "defaults, then --config, then the options here, then --set. Several GPUs: "
-                    "torchrun --nproc_per_node=K -m tinystories train ...",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n"
-               "  tinystories train --data data/ts --max-time 10m --out runs/10m   # the best recipe for 10 minutes here\n"
-               "  tinystories train --data data/ts --preset 1M --max-time 10m --out runs/1M\n"
-               "  tinystories train --data data/ts --config paper --preset 8M --max-steps 2000 --out runs/8M\n"
-               "  tinystories train --out runs/1M --resume --max-time 20m\n"
-               "  tinystories train --data data/ts --preset 3M --set lr=3e-3 --set model.dropout=0.1 "
-               "--max-tokens 5e6 --out runs/3M")
-    p.add_argument("--data", metavar="DATA_DIR", help="prepared data (tokenizer, train.bin, val.bin, meta.json)")
-    p.add_argument("--preset", help="model shape, e.g. 1M, 8M, 33M, 8M-hs64 (see `tinystories presets`); without it, "
-                                    "a --max-time run picks shape, batch, lr and warmup for that time on this "
-                                    "machine (a few seconds' speed probe + the shipped sweep table), other runs use 1M")
-    p.add_argument("--out", metavar="RUN_DIR", required=True, help="the run directory (a model directory plus state)")
-    p.add_argument("--max-steps", type=int, metavar="N", help="stop after N optimizer steps")
-    p.add_argument("--max-tokens", metavar="N", help="stop after N training tokens (e.g. 5e6)")
-    p.add_argument("--max-time", metavar="DURATION", help="stop after this much wall time (90s, 20m, 1.5h)")
-    p.add_argument("--config", metavar="FILE.toml|NAME", help="a recipe: a TOML file or a shipped name (paper, seed-nanogpt)")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one setting (lr=3e-4, batch_size=16, model.dropout=0.1); repeatable")
-    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
-    p.add_argument("--resume", action="store_true", help="continue RUN_DIR from its newest checkpoint")
-    p.add_argument("--force", action="store_true", help="replace an existing RUN_DIR instead of refusing")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.set_defaults(func=run)
+@dataclass
+class TrainArgs:
+    """`tinystories train`: the options name TrainConfig fields (None = not given, so the recipe, the budget
+    planner or the default decides); --set reaches every other field."""
+    out: Annotated[str, arg(metavar="RUN_DIR")]
+    """the run directory (a model directory plus state)"""
+    data: Annotated[str | None, arg(metavar="DATA_DIR")] = None
+    """prepared data (tokenizer, train.bin, val.bin, meta.json)"""
+    preset: Annotated[str | None, arg(metavar="NAME")] = None
+    """model shape, e.g. 1M, 8M, 33M, 8M-hs64 (see `tinystories presets`); without it, a --max-time run picks
+    shape, batch, lr and warmup for that time on this machine (a few seconds' speed probe + the shipped
+    sweep table), other runs use 1M"""
+    max_steps: Annotated[int | None, arg(metavar="N")] = None
+    """stop after N optimizer steps"""
+    max_tokens: Annotated[str | None, arg(metavar="N")] = None
+    """stop after N training tokens (e.g. 5e6)"""
+    max_time: Annotated[str | None, arg(metavar="DURATION")] = None
+    """stop after this much wall time (90s, 20m, 1.5h)"""
+    config: Annotated[str | None, arg(metavar="FILE.toml|NAME")] = None
+    """a recipe: a TOML file or a shipped name (paper, seed-nanogpt)"""
+    sets: Annotated[list[str], arg(name="set", metavar="KEY=VALUE"), UseAppendAction] = \
+        field(default_factory=list)
+    """override one setting (lr=3e-4, batch_size=16, model.dropout=0.1)"""
+    device: Annotated[str | None, arg(metavar="DEVICE")] = None
+    """auto (default), cpu, cuda, cuda:N or mps"""
+    resume: bool = False
+    """continue RUN_DIR from its newest checkpoint"""
+    force: bool = False
+    """replace an existing RUN_DIR instead of refusing"""
+    json: bool = False
+    """print the summary as JSON"""
 
 
-def run(args) -> int:
+def run(args: TrainArgs) -> int:
     from ..errors import UserError
     from ..runtime.console import parse_duration
 
@@ -82,6 +100,10 @@ def run(args) -> int:
     return 0
 
 
+COMMAND = Command("train", config=TrainArgs, run=run, description=EXAMPLES,
+                  help="train a model on a DATA_DIR (resumable, on CPU, one GPU or torchrun)")
+
+
 def format_summary(s: dict) -> str:
     from ..runtime.console import format_duration
 
@@ -95,7 +117,7 @@ def format_summary(s: dict) -> str:
         b, r = s["budget"], s["budget"]["row"]
         m = b["picked"]["model"]
         lines.append(f"budget    {format_duration(b['budget_s'])}: {m['hidden']} x {m['layers']} layers, {m['heads']} heads, "
-                     f"lr {b['picked'].get('lr', r['lr']):g}, picked from the sweep's {format_duration(r['budget_s'])} row "
+                     f"lr {b.get('lr', b['picked'].get('lr', r['lr'])):g}, picked from the sweep's {format_duration(r['budget_s'])} row "
                      f"(this machine: {b['probe']['flops_per_s'] / 1e9:.1f} GFLOP/s on the probe, "
                      f"{b['probe']['seconds']:.1f}s of the budget)")
     if "val_loss" in s:

@@ -34,6 +34,7 @@ from typing import Any, Callable
 from ..model.config import ModelConfig
 from ..errors import UserError
 from ..runtime.console import format_duration
+from .precision import choose_precision, measure_speed
 
 TABLE_FILE = "budget_table.json"
 TABLE_FORMAT = "tinystories-budget-table"
@@ -86,56 +87,6 @@ class Probe:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def measure_speed(mcfg: ModelConfig, batch_size: int, context: int, seconds: float, device=None,
-                  precision: str = "fp32", seed: int = 0) -> tuple[float, int]:
-    """Training tokens/s of a fresh `mcfg` model on random tokens, and the number of timed steps.
-
-    One untimed step first (allocations, kernel selection), then steps until `seconds` have passed
-    (at least 3, or 1 once twice `seconds` have passed). The speed is the median step's, so one hiccup
-    of a shared machine does not count. The global RNG is left as it was.
-    """
-    import torch
-
-    from ..model.gpt_neo import GPTNeo
-    from ..runtime.device import AUTOCAST
-    from .config import TrainConfig
-    from .optim import make_optimizer
-
-    t0 = time.perf_counter()
-    device = torch.device(device or "cpu")
-    state = torch.get_rng_state()
-    try:
-        torch.manual_seed(seed)
-        model = GPTNeo(mcfg).to(device).train()
-        opt = make_optimizer(model, TrainConfig(), device)
-        x = torch.randint(0, mcfg.vocab_size, (batch_size, context + 1), device=device)
-        dtype = AUTOCAST[precision]
-
-        def step() -> float:
-            t = time.perf_counter()
-            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                loss = model(x[:, :-1], x[:, 1:])
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            return time.perf_counter() - t
-
-        step()
-        times: list[float] = []
-        while True:
-            # at least 3 timed steps, unless a loaded machine has already taken twice the time asked
-            elapsed = time.perf_counter() - t0
-            if elapsed >= seconds and (len(times) >= 3 or (times and elapsed >= 2 * seconds)):
-                break
-            times.append(step())
-    finally:
-        torch.set_rng_state(state)
-    times.sort()
-    return batch_size * context / times[len(times) // 2], len(times)
 
 
 def probe(seconds: float, device=None, precision: str = "fp32", vocab_size: int = 8192) -> Probe:
@@ -271,15 +222,16 @@ def plan(cfg, data, device, *, table: Table | None = None, say: Callable[[str], 
          world: int = 1) -> tuple[Any, dict]:
     """The TrainConfig `train` runs for `cfg.max_time` seconds on this machine, and the choice explained.
 
-    Settings the user gave (anything that differs from TrainConfig's defaults, and every `model.*`
-    field set) are kept; the picker fills in the rest from the table row. `cfg.max_time` becomes the
+    Settings the user gave (`cfg.given`: recipe keys, flags and --set keys, even one equal to the default;
+    anything else that differs from TrainConfig's defaults; every `model.*` field set) are kept; the
+    picker fills in the rest from the table row. `cfg.max_time` becomes the
     time left after the probe, less one step and one validation pass, so that the run ends by the
     deadline.
     """
     import torch
 
     from .config import TrainConfig
-    from ..runtime.device import physical_cores, resolve_precision
+    from ..runtime.device import physical_cores
 
     t_start = time.time()
     say = say or (lambda line: print(line, file=sys.stderr, flush=True))
@@ -295,7 +247,8 @@ def plan(cfg, data, device, *, table: Table | None = None, say: Callable[[str], 
         elif "OMP_NUM_THREADS" not in os.environ:
             torch.set_num_threads(max(1, physical_cores() // world))
     try:
-        precision = resolve_precision(cfg.precision, device)
+        precision = choose_precision(cfg.precision, reference_config(table.vocab_size), REFERENCE["batch_size"],
+                                     REFERENCE["context"], device, say=say).precision
         probe_s = min(MAX_PROBE_S, max(MIN_PROBE_S, PROBE_FRACTION * budget))
         pr = probe(probe_s, device, precision, table.vocab_size)
     finally:
@@ -314,7 +267,7 @@ def plan(cfg, data, device, *, table: Table | None = None, say: Callable[[str], 
     tps = pr.flops_per_s * row.efficiency / train_flops_per_token(row.model_config(data.vocab_size))
 
     user_model = dict(cfg.model)
-    user = {k for k in _PICKED_TRAIN if getattr(cfg, k) != getattr(defaults, k)}
+    user = {k for k in _PICKED_TRAIN if k in cfg.given or getattr(cfg, k) != getattr(defaults, k)}
     context = cfg.context if "context" in user else row.context
     batch = cfg.batch_size if "batch_size" in user else max(1, row.batch_size // world)
     tokens_per_step = batch * cfg.grad_accum * world * context
@@ -353,7 +306,7 @@ def plan(cfg, data, device, *, table: Table | None = None, say: Callable[[str], 
         "label": f"auto {shape.label()}",
         "probe": pr.to_dict(), "compute": compute, "row": dataclasses.asdict(row), "kept": kept,
         "table_machine": table.machine, "expected_tokens_per_s": round(tps, 1),
-        "expected_tokens": int(tps * train_s), "picked": {**changes, "model": model},
+        "expected_tokens": int(tps * train_s), "picked": {**changes, "model": model}, "lr": new.lr,
     }
     say(f"budget: {format_duration(budget)} here ({pr.device}, {pr.precision}, {pr.threads} threads): a "
         f"{pr.seconds:.1f}s probe trained the reference {REFERENCE['hidden']}x{REFERENCE['layers']} model at "

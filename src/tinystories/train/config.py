@@ -7,11 +7,14 @@ import dataclasses
 import difflib
 import math
 import tomllib
+import types
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from typeguard import TypeCheckError, check_type
 
 from ..errors import UserError
 from ..model.config import ModelConfig
@@ -70,6 +73,9 @@ class TrainConfig:
     tensorboard: bool = False        # also log to RUN_DIR/tensorboard (needs the tensorboard package)
     samples: int = 2                 # stories generated for the end-of-run summary
     sample_tokens: int = 200
+    # -- provenance
+    given: list[str] = field(default_factory=list)  # keys the user set (recipe, flags, --set, model.X): the
+                                                    # budget planner keeps these even when equal to the default
 
     def __post_init__(self):
         self.validate()
@@ -112,10 +118,14 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "train config") -> "TrainConfig":
-        """Build from plain values (TOML, JSON, --set strings), converting and checking each one."""
-        values = {}
+        """Build from plain values (TOML, JSON, --set strings), converting and checking each one.
+
+        The keys of `d` are the ones the user gave (`given`), unless `d` says which (a saved config)."""
+        values: dict[str, Any] = {"given": sorted(_keys(d))} if "given" not in d else {}
         for key, value in d.items():
-            if key == "model":
+            if key == "given":
+                values["given"] = sorted(set(value or ()))
+            elif key == "model":
                 if not isinstance(value, dict):
                     raise UserError(f"{where}: model must be a table of model fields, got {value!r}")
                 values["model"] = {k: _coerce_model(k, v, where) for k, v in value.items()}
@@ -147,57 +157,57 @@ def _unknown_key(key: str, known: list[str], where: str) -> str:
     return f"{where}: unknown config key {key!r}{hint}"
 
 
-def _coerce(name: str, value: Any, hint: Any, where: str) -> Any:
-    """Convert a TOML/JSON/--set value to the field's type, or raise a UserError that names the key."""
-    def fail(expected):
-        raise UserError(f"{where}: {name} must be {expected}, got {value!r}")
+def _keys(d: dict) -> set[str]:
+    return {k for k in d if k != "model"} | {f"model.{k}" for k in (d.get("model") or {})}
 
-    args = typing.get_args(hint)
-    if type(None) in args:  # Optional[X]
-        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "")):
+
+def _expected(hint: Any) -> str:
+    """How a one-line error names a field's type."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
+        hint = args[0]
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(hint, str(hint))
+
+
+def _coerce(name: str, value: Any, hint: Any, where: str) -> Any:
+    """Convert a TOML/JSON/--set value to the field's type, or raise a UserError that names the key.
+
+    typeguard checks the type; the conversions are the ones text needs: a string is read as a TOML value
+    ("5e6", "true"), "none" is None for an optional field, a whole float is an int, an int is a float, and
+    max_time takes durations ("20m")."""
+    optional = type(None) in typing.get_args(hint)
+    if isinstance(value, str):
+        if optional and value.strip().lower() in ("none", "null", ""):
             return None
-        hint = next(a for a in args if a is not type(None))
-        args = typing.get_args(hint)
-    if name == "max_time":
-        return parse_duration(value, option=f"{where}: max_time") if not isinstance(value, bool) else fail("a duration")
+        if name == "max_time":
+            return parse_duration(value, option=f"{where}: max_time")
+        if hint is bool and value.strip().lower() in _WORDS:
+            value = _WORDS[value.strip().lower()]
+        elif hint is not str and str not in typing.get_args(hint):
+            value = parse_value(value.strip())
     if name == "compile" and isinstance(value, bool):
         return "on" if value else "off"
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        s = str(value).strip().lower()
-        if s in ("true", "1", "yes", "on"):
-            return True
-        if s in ("false", "0", "no", "off"):
-            return False
-        fail("true or false")
-    if hint is int:
-        if isinstance(value, bool):
-            fail("an integer")
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, int):
-            return value
-        if isinstance(value, str):
-            with contextlib.suppress(ValueError):
-                return int(value.replace("_", ""))
-            with contextlib.suppress(ValueError):
-                f = float(value)
-                if f.is_integer():
-                    return int(f)
-        fail("an integer")
-    if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            with contextlib.suppress(ValueError):
-                return float(value)
-        fail("a number")
-    if hint is str:
-        return value if isinstance(value, str) else fail("a string")
-    if typing.get_origin(hint) in (dict, list) or typing.get_origin(hint) is typing.Union or args:
-        return value  # model dict, attention lists: checked by ModelConfig itself
+    if not isinstance(value, bool):
+        if isinstance(value, float) and value.is_integer() and _accepts(hint, int) and not _accepts(hint, float):
+            value = int(value)
+        elif isinstance(value, int) and _accepts(hint, float) and not _accepts(hint, int):
+            value = float(value)
+    if isinstance(value, bool) and name == "max_time":
+        raise UserError(f"{where}: {name} must be a duration, got {value!r}")
+    try:
+        if isinstance(value, bool) and not _accepts(hint, bool):  # typeguard lets a bool pass as an int
+            raise TypeCheckError("bool")
+        check_type(value, hint)
+    except TypeCheckError:
+        raise UserError(f"{where}: {name} must be {_expected(hint)}, got {value!r}") from None
     return value
+
+
+_WORDS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
+
+
+def _accepts(hint: Any, t: type) -> bool:
+    return hint is t or t in typing.get_args(hint)
 
 
 def _coerce_model(key: str, value: Any, where: str) -> Any:
@@ -255,13 +265,21 @@ def load_recipe(name_or_path: str) -> dict:
 
 def build_config(*, recipe: str | None = None, sets: list[str] = (), base: dict | None = None,
                  **options) -> TrainConfig:
-    """The CLI's layering: base (defaults, or the saved config on --resume) <- recipe <- options <- --set."""
+    """The CLI's layering: base (defaults, or the saved config on --resume) <- recipe <- options <- --set.
+
+    Options that are None were not given. Every key the recipe, the options and --set name is recorded
+    in `given` (with the base's), so that the budget planner keeps it even when it equals the default."""
     d = dict(base or {})
+    given = set((base or {}).get("given") or ())
     if recipe:
         r = load_recipe(recipe)
         d.update({k: v for k, v in r.items() if k != "model"})
         d["model"] = {**(d.get("model") or {}), **r.get("model", {})}
-    d.update({k: v for k, v in options.items() if v is not None})
-    return TrainConfig.from_dict(apply_sets(d, list(sets)), where="--set" if sets else "train config")
+        given |= _keys(r)
+    options = {k: v for k, v in options.items() if v is not None}
+    d.update(options)
+    d = apply_sets(d, list(sets))
+    given |= set(options) | _keys(apply_sets({}, list(sets)))
+    return TrainConfig.from_dict({**d, "given": sorted(given)}, where="--set" if sets else "train config")
 
 

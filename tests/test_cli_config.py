@@ -1,0 +1,133 @@
+"""The CLI is generated from typed configs (cli/command.py): flags and fields agree, the fields the user
+typed are recorded, and the budget planner keeps a --set value even when it equals the default."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import assert_one_line_error, cli_env, run_cli
+
+from tinystories.cli import COMMANDS
+from tinystories.cli.command import flag_table, given, parse
+from tinystories.train.budget import Table
+from tinystories.train.config import TrainConfig, build_config
+
+
+def _leaves():
+    import importlib
+
+    def walk(cmd, prog):
+        if cmd.subcommands:
+            for c in cmd.subcommands:
+                yield from walk(c, f"{prog} {c.name}")
+        else:
+            yield prog, cmd
+
+    for name in COMMANDS:
+        module = importlib.import_module(f"tinystories.cli.{name}")
+        if hasattr(module, "COMMAND"):
+            yield from walk(module.COMMAND, f"tinystories {name}")
+
+
+LEAVES = list(_leaves())
+
+
+@pytest.mark.parametrize("prog,cmd", LEAVES, ids=[p for p, _ in LEAVES])
+def test_every_flag_is_a_field_and_every_field_a_flag(prog, cmd, capsys):
+    """The help tyro prints lists exactly the option strings our table derives from the dataclass."""
+    import re
+
+    import tyro
+
+    from tinystories.cli.command import _tyro_config
+
+    with pytest.raises(SystemExit) as e:
+        tyro.cli(cmd.config, args=["--help"], prog=prog, config=_tyro_config())
+    assert e.value.code == 0
+    shown = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", capsys.readouterr().out)) - {"--help"}
+    table = set(flag_table(cmd.config))
+    assert table <= shown, f"{prog}: fields without a flag in --help: {table - shown}"
+    assert shown <= table, f"{prog}: flags without a field: {shown - table}"
+
+
+def test_the_flags_the_user_typed_are_recorded():
+    from tinystories.cli.train import COMMAND
+
+    _, args = parse(COMMAND, ["--out", "r", "--data=d", "--max-time", "2m", "--set", "lr=1e-3", "--no-json"],
+                    "tinystories train")
+    assert given(args) == {"out", "data", "max_time", "sets", "json"}
+    cfg = build_config(sets=args.sets, data=args.data, out=args.out, max_time=120.0)
+    # lr equals the default, and is still the user's
+    assert cfg.lr == TrainConfig().lr == 1e-3
+    assert set(cfg.given) == {"data", "out", "max_time", "lr"}
+    # a saved config keeps its record, and a replaced one too
+    again = TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again.given == cfg.given and again.replace(batch_size=4).given == cfg.given
+
+
+def test_recipe_keys_count_as_given():
+    cfg = build_config(recipe="paper", out="r")
+    assert {k for k in ("lr", "batch_size") if k in cfg.given}, cfg.given
+
+
+@pytest.mark.parametrize("sets,needles", [
+    (["lerning_rate=1e-3"], ("unknown config key 'lerning_rate'", "lr")),
+    (["batch_size=abc"], ("batch_size must be an integer", "'abc'")),
+    (["lr=fast"], ("lr must be a number",)),
+    (["model.headz=2"], ("model.headz", "model.heads")),
+    (["tensorboard=maybe"], ("tensorboard must be true or false",)),
+    (["lr"], ("expected key=value",)),
+])
+def test_set_errors_are_one_line_naming_the_key(sets, needles, tmp_path):
+    args = [a for s in sets for a in ("--set", s)]
+    assert_one_line_error(run_cli("train", "--data", tmp_path, "--out", tmp_path / "r", *args), *needles)
+
+
+def test_set_values_are_typed():
+    cfg = build_config(sets=["batch_size=16", "lr=3e-4", "max_tokens=5e6", "max_time=20m", "tensorboard=yes",
+                             "compile=false", "decay_steps=none", "model.dropout=0.1", "warmup_steps=1_000"])
+    assert (cfg.batch_size, cfg.lr, cfg.max_tokens, cfg.max_time) == (16, 3e-4, 5_000_000, 1200.0)
+    assert (cfg.tensorboard, cfg.compile, cfg.decay_steps, cfg.warmup_steps) == (True, "off", None, 1000)
+    assert cfg.model == {"dropout": 0.1} and isinstance(cfg.lr, float) and isinstance(cfg.batch_size, int)
+
+
+def test_help_is_fast_and_loads_no_torch():
+    code = ("import sys, contextlib, io\n"
+            "from tinystories.cli import main\n"
+            "for argv in (['--help'], ['train', '--help'], ['evaluate', 'gpt-eval', '--help']):\n"
+            "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+            "        main(argv)\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'datasets') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env(), check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_plan_keeps_a_given_field_equal_to_the_default(tiny_data):
+    import torch
+
+    from tinystories.data.prepare import load_data_dir
+    from tinystories.train.budget import plan
+
+    data, lines = load_data_dir(tiny_data), []
+    cfg = TrainConfig.from_dict({"data": str(tiny_data), "out": "x", "max_time": 120, "threads": 1, "lr": 1e-3})
+    new, choice = plan(cfg, data, torch.device("cpu"), say=lines.append)
+    assert new.lr == 1e-3 and choice["kept"] == ["lr"] and "lr" not in choice["picked"]
+    assert any("(yours: lr)" in line for line in lines), lines
+
+
+def test_set_equal_to_the_default_is_kept_by_the_budget(tiny_data, tmp_path):
+    """`train --max-time T --set lr=1e-3` trains at 1e-3 (the default, not the table's lr) and says it is yours."""
+    assert all(row.lr != 1e-3 for row in Table.load().rows)  # else this test would prove nothing
+    out = tmp_path / "run"
+    proc = run_cli("train", "--data", tiny_data, "--max-time", "20s", "--set", "lr=1e-3", "--out", out, "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    saved = json.loads((out / "train_config.json").read_text())
+    assert saved["lr"] == 1e-3 and "lr" in saved["given"]
+    line = next(l for l in proc.stderr.splitlines() if l.startswith("budget: picked"))
+    assert "lr 0.001," in line and "(yours: lr)" in line, line
+    summary = json.loads(proc.stdout)
+    assert summary["budget"]["kept"] == ["lr"] and summary["budget"]["lr"] == 1e-3
