@@ -28,7 +28,6 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -39,6 +38,8 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+
+from ..runtime.device import cache_root, cpu_fingerprint
 
 # Heads up to this size use the kernel on a CPU. Measured against SDPA (fwd+bwd, batch 8 x 512,
 # 16 heads, 2 AVX2 cores): head size 4 is 4-6x faster, 16 1.6-1.9x, 48 1.3-1.5x, 96 1.3x.
@@ -56,23 +57,7 @@ def enabled() -> bool:
 
 
 def _cache_dir() -> Path:
-    env = os.environ.get("TINYSTORIES_CACHE")
-    base = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tinystories"
-    return base / "kernels"
-
-
-def _cpu_fingerprint() -> str:
-    # -march=native code must not run on another CPU that shares this cache directory
-    text = platform.machine() + platform.system()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "flags", "Features")):
-                text += line
-                if line.startswith(("flags", "Features")):
-                    break
-    except OSError:
-        text += platform.processor()
-    return text
+    return cache_root() / "kernels"
 
 
 def _compile(out: Path) -> bool:
@@ -104,7 +89,7 @@ def _load():
         if _lib_tried:
             return _lib
         try:
-            key = hashlib.sha256(_SOURCE.read_bytes() + " ".join(_FLAGS).encode() + _cpu_fingerprint().encode())
+            key = hashlib.sha256(_SOURCE.read_bytes() + " ".join(_FLAGS).encode() + cpu_fingerprint().encode())
             path = _cache_dir() / f"kernels-{key.hexdigest()[:16]}.so"
             if path.is_file() or _compile(path):
                 lib = ctypes.CDLL(str(path))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import time
+import platform
 from pathlib import Path
 
 import torch
@@ -52,35 +52,41 @@ def physical_cores() -> int:
     return max(1, len(cores))
 
 
-def bf16_pays(device: torch.device) -> bool:
-    """Whether bf16 autocast is a speed-up here: native on recent GPUs; on a CPU, measured.
+def cache_root() -> Path:
+    """~/.cache/tinystories (or $TINYSTORIES_CACHE, or under $XDG_CACHE_HOME): per-machine caches."""
+    env = os.environ.get("TINYSTORIES_CACHE")
+    return Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tinystories"
 
-    CPUs without bf16 instructions (no AVX-512 BF16 / AMX) emulate it tens of times slower than fp32,
-    so a quick matmul probe decides rather than a feature list.
-    """
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type != "cpu":
-        return False
-    a32, b32 = torch.randn(256, 512), torch.randn(512, 256)
-    a16, b16 = a32.bfloat16(), b32.bfloat16()
 
-    def best(a, b):
-        times = []
-        for _ in range(5):
-            t = time.perf_counter()
-            a @ b
-            times.append(time.perf_counter() - t)
-        return min(times[1:])
+def cpu_fingerprint() -> str:
+    """The CPU's model and feature flags: what a native build or a speed measurement depends on."""
+    text = platform.machine() + platform.system()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("model name", "flags", "Features")):
+                text += line
+                if line.startswith(("flags", "Features")):
+                    break
+    except OSError:
+        text += platform.processor()
+    return text
 
-    return best(a16, b16) < 0.8 * best(a32, b32)
+
+def cpu_has_bf16() -> bool:
+    """Whether the CPU has bf16 arithmetic (x86 AVX-512 BF16 or AMX, Arm BF16). Without it torch
+    emulates bf16 tens of times slower than fp32, so there is nothing worth measuring."""
+    words = set(cpu_fingerprint().replace(":", " ").split())
+    return bool(words & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
+    """The precision for `name` without a model to measure: explicit names are checked; 'auto' is
+    bf16 on a GPU that has it (fp16 otherwise) and on a CPU with bf16 instructions, else fp32.
+    Training decides 'auto' on a CPU by timing its own model (train/precision.py)."""
     if name == "auto":
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "bf16" if bf16_pays(device) else "fp32"
+        return "bf16" if device.type == "cpu" and cpu_has_bf16() else "fp32"
     if name == "fp16" and device.type != "cuda":
         raise UserError(f"precision fp16 needs a CUDA GPU (it needs loss scaling); on {device.type} use bf16 or fp32")
     return name
