@@ -1,0 +1,55 @@
+"""The checks a generated story passes before it counts (issue 18's quality gates). Each failing check has a
+reason name; the run keeps rejected stories with it and reports the counts by reason."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ..instruct.words import QUOTES, lexicon_lemmas, word_forms, word_tokens
+
+REASONS = ("empty", "refusal", "too_short", "too_long", "unbalanced_quotes", "missing_word", "duplicate",
+           "cut_off")
+
+# How assistants decline, at the start of a reply.
+_REFUSAL = re.compile(r"^\W*(?:i'?m sorry|i am sorry|sorry, (?:but )?i|as an ai\b|as a language model|"
+                      r"i can(?:no|')t (?:help|write|do|comply|assist|create)|i cannot\b|i won'?t be able)",
+                      re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    min_words: int = 60          # the paper's 3-5 paragraphs are ~150-400 words
+    max_words: int = 1000
+    reject_cut_off: bool = True  # a reply the server cut at max_tokens (finish_reason "length")
+
+
+def uses_word(word: str, tokens: set[str]) -> bool:
+    """Whether lowercased story `tokens` use `word` in any inflection: one of its `word_forms`, or a token the
+    lexicon lemmatizes to it. The same rule as evaluate.adherence.word_used (which data/ may not import)."""
+    if word_forms(word) & tokens:
+        return True
+    base = {word.strip().lower()} | {l.lower() for ls in lexicon_lemmas(word.strip().lower()).values() for l in ls}
+    return any(l.lower() in base for t in tokens for ls in lexicon_lemmas(t).values() for l in ls)
+
+
+def check(story: str, words: tuple[str, ...], cfg: GateConfig = GateConfig(),
+          finish_reason: str | None = None) -> tuple[str | None, list[str]]:
+    """(the first failing reason or None, the required words missing from the story)."""
+    text = story.strip()
+    if not text:
+        return "empty", []
+    if _REFUSAL.search(text):
+        return "refusal", []
+    if cfg.reject_cut_off and finish_reason == "length":
+        return "cut_off", []
+    tokens = word_tokens(text)
+    if len(tokens) < cfg.min_words:
+        return "too_short", []
+    if len(tokens) > cfg.max_words:
+        return "too_long", []
+    if text.translate(QUOTES).count('"') % 2:
+        return "unbalanced_quotes", []
+    lower = {t.lower() for t in tokens}
+    missing = [w for w in words if not uses_word(w, lower)]
+    return ("missing_word" if missing else None), missing

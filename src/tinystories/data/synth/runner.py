@@ -1,0 +1,390 @@
+"""The resumable `synth` run: draw, ask, check, append; until --n stories are kept or a budget would be spent.
+
+Files, for `--out OUT`:
+  OUT                   the kept records, one JSON object a line, appended as each story finishes (jsonl);
+                        with --format txt, OUT is the official `<|endoftext|>` text, written whole at the end,
+                        and the records go to OUT.records.jsonl
+  OUT.rejects.jsonl     rejected stories with the reason
+  OUT.calls.jsonl       every reply paid for (llm.cache.JsonlCache), written the moment it arrives: a run
+                        killed between a reply and its record asks for nothing again
+  OUT.synth.json        the settings that decide what is drawn and asked; a rerun with the same ones resumes
+  OUT.report.md/.json   the final table and the diversity report
+
+Story i asks for `draw(vocab, seed, i)`; indices already recorded (kept or rejected) are skipped on resume, and
+no more calls are in flight than stories still missing, so a run ends with exactly --n kept.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ...errors import UserError
+from ...llm.cache import JsonlCache, key
+from ...llm.client import ChatClient
+from ...runtime.console import progress
+from ...runtime.files import atomic_write_json, atomic_write_text
+from ..instruct.records import EOT, format_record
+from ..sources import story_hash
+from .draw import Draw, draw, instruct_record
+from .gates import GateConfig, check
+from .prompts import Template, load_template
+from .report import build_report, markdown
+from .vocab import Vocabulary, load_vocabulary
+
+
+@dataclass
+class SynthConfig:
+    """What `tinystories synth` does; the CLI is a thin layer over these fields."""
+
+    out: str
+    n: int
+    url: str
+    model: str
+    seed: int = 0
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = 8
+    timeout: float = 60.0              # seconds for one whole reply
+    retries: int = 5
+    vocab: str | None = None           # None: the packaged list
+    template: str | None = None        # None: the packaged template
+    language: str | None = None        # None: the template's
+    instruct: bool = False             # a second call writes a summary; records carry the Instruct text
+    format: str = "jsonl"              # jsonl | txt
+    temperature: float = 1.0
+    story_tokens: int = 1000           # max_tokens asked for one story
+    max_tokens: int | None = None      # budget: total tokens (prompt + completion) of the corpus
+    max_cost: float | None = None      # budget in the price's currency
+    price_in: float | None = None      # per million prompt tokens
+    price_out: float | None = None     # per million completion tokens
+    feature_prob: float = 1 / 3
+    min_words: int = 60
+    max_words: int = 1000
+    report_sample: int = 200           # stories compared pairwise for Rouge-2 self-similarity
+    force: bool = False
+
+    def settings(self, vocab: Vocabulary, template: Template) -> dict:
+        """What decides the draws and the prompts: a resumed run must match it."""
+        return {"kind": "tinystories-synth", "version": 1, "model": self.model, "seed": self.seed,
+                "vocab_sha256": vocab.sha256, "template_sha256": template.sha256,
+                "language": self.language or template.language, "instruct": self.instruct, "format": self.format,
+                "feature_prob": self.feature_prob, "temperature": self.temperature,
+                "story_tokens": self.story_tokens, "min_words": self.min_words, "max_words": self.max_words}
+
+
+@dataclass(frozen=True)
+class Paths:
+    out: Path
+    records: Path
+    rejects: Path
+    calls: Path
+    manifest: Path
+    report_md: Path
+    report_json: Path
+
+    @classmethod
+    def of(cls, out: str | Path, fmt: str) -> "Paths":
+        out = Path(out)
+        side = lambda s: out.with_name(out.name + s)  # noqa: E731
+        return cls(out, out if fmt == "jsonl" else side(".records.jsonl"), side(".rejects.jsonl"),
+                   side(".calls.jsonl"), side(".synth.json"), side(".report.md"), side(".report.json"))
+
+    def written(self) -> list[Path]:
+        return [self.out, self.records, self.rejects, self.calls, self.manifest, self.report_md, self.report_json]
+
+
+@dataclass
+class Tally:
+    """What the output files hold, loaded on resume and updated as results come in."""
+
+    done: set = field(default_factory=set)          # indices recorded, kept or rejected
+    hashes: set = field(default_factory=set)        # story hashes of kept stories (exact duplicates)
+    kept: int = 0
+    rejected: dict = field(default_factory=dict)    # reason -> count
+    story_tokens: list = field(default_factory=list)  # (prompt, completion) tokens per recorded story
+    new_tokens: int = 0                             # paid for in this run
+
+    def add(self, rec: dict, kept: bool) -> None:
+        self.done.add(rec["index"])
+        u = rec.get("usage") or {}
+        self.story_tokens.append((u.get("prompt_tokens", 0), u.get("completion_tokens", 0)))
+        if kept:
+            self.kept += 1
+            self.hashes.add(story_hash(rec["story"]))
+        else:
+            self.rejected[rec["reason"]] = self.rejected.get(rec["reason"], 0) + 1
+
+
+# ---------------------------------------------------------------- ledger files
+
+def read_ledger(path: Path) -> list[dict]:
+    """The records of an append-only JSONL file. A torn last line (a kill mid-write) is cut off, so the next
+    append starts on a clean line; its story is redone from the calls cache, not paid again."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        data = data[:data.rfind(b"\n") + 1]
+        with open(path, "r+b") as f:
+            f.truncate(len(data))
+    out = []
+    for lineno, line in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
+        try:
+            rec = json.loads(line)
+            rec["index"]
+        except (ValueError, KeyError, TypeError):
+            raise UserError(f"{path}: line {lineno} is not a synth record; pass --force to start over") from None
+        out.append(rec)
+    return out
+
+
+def append_line(path: Path, rec: dict) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+# ---------------------------------------------------------------- the run
+
+class _Budget:
+    """--max-tokens / --max-cost: a new story starts only if the spend so far plus what the stories in flight and
+    it are expected to cost (the mean of the stories so far) stays within the budget."""
+
+    def __init__(self, cfg: SynthConfig, spent: tuple[int, int]):
+        self.cfg, self.prompt, self.completion = cfg, *spent
+        self.active = cfg.max_tokens is not None or cfg.max_cost is not None
+
+    def add(self, prompt: int, completion: int) -> None:
+        self.prompt += prompt
+        self.completion += completion
+
+    def cost(self, prompt: float, completion: float) -> float:
+        return (prompt * (self.cfg.price_in or 0) + completion * (self.cfg.price_out or 0)) / 1e6
+
+    def allows(self, in_flight: int, per_story: list) -> bool:
+        if not self.active:
+            return True
+        if not per_story:
+            return in_flight == 0       # learn what a story costs from the first one
+        p = sum(x[0] for x in per_story) / len(per_story)
+        c = sum(x[1] for x in per_story) / len(per_story)
+        k = in_flight + 1
+        if self.cfg.max_tokens is not None and self.prompt + self.completion + k * (p + c) > self.cfg.max_tokens:
+            return False
+        return self.cfg.max_cost is None or self.cost(self.prompt + k * p, self.completion + k * c) <= self.cfg.max_cost
+
+    def stop_message(self, kept: int, n: int) -> str:
+        spent = f"{self.prompt + self.completion:,} tokens"
+        if self.cfg.max_cost is not None:
+            spent += f", cost {self.cost(self.prompt, self.completion):.4f}"
+        which = f"--max-tokens {self.cfg.max_tokens:,}" if self.cfg.max_tokens is not None else \
+            f"--max-cost {self.cfg.max_cost:g}"
+        return (f"{which} would be exceeded by the next story ({spent} spent); {kept} of {n} stories kept; "
+                "raise the budget and rerun the same command to continue")
+
+
+def validate(cfg: SynthConfig) -> tuple[Vocabulary, Template]:
+    """Every check that needs no server, before anything is written."""
+    if cfg.n < 1:
+        raise UserError(f"--n {cfg.n}: give the number of stories to keep (at least 1)")
+    if cfg.format not in ("jsonl", "txt"):
+        raise UserError(f"--format {cfg.format!r}: choose jsonl or txt")
+    for name, v in (("--concurrency", cfg.concurrency), ("--story-tokens", cfg.story_tokens),
+                    ("--min-words", cfg.min_words)):
+        if v < 1:
+            raise UserError(f"{name} {v}: must be at least 1")
+    if cfg.max_words < cfg.min_words:
+        raise UserError(f"--max-words {cfg.max_words} is below --min-words {cfg.min_words}")
+    if not 0 <= cfg.feature_prob <= 1:
+        raise UserError(f"--feature-prob {cfg.feature_prob}: must be between 0 and 1")
+    if cfg.max_tokens is not None and cfg.max_tokens < 1:
+        raise UserError(f"--max-tokens {cfg.max_tokens}: must be a positive number of tokens")
+    if cfg.max_cost is not None and (cfg.price_in is None or cfg.price_out is None):
+        raise UserError("--max-cost needs --price-in and --price-out (the price per million prompt and "
+                        "completion tokens)")
+    for name, v in (("--max-cost", cfg.max_cost), ("--price-in", cfg.price_in), ("--price-out", cfg.price_out)):
+        if v is not None and v < 0:
+            raise UserError(f"{name} {v}: must not be negative")
+    out = Path(cfg.out)
+    if out.is_dir():
+        raise UserError(f"--out {out} is a directory; give a file name")
+    return load_vocabulary(cfg.vocab), load_template(cfg.template)
+
+
+def _check_resume(cfg: SynthConfig, paths: Paths, settings: dict) -> None:
+    if cfg.force:
+        return
+    if paths.manifest.exists():
+        try:
+            old = json.loads(paths.manifest.read_text("utf-8"))
+        except (OSError, ValueError):
+            raise UserError(f"{paths.manifest}: unreadable; pass --force to start over") from None
+        diff = [k for k in settings if old.get(k) != settings[k]]
+        if diff:
+            k = diff[0]
+            raise UserError(f"--out {paths.out} was started with {k}={old.get(k)!r}, not {settings[k]!r}; rerun with "
+                            "the same settings to resume, or pass --force to start over")
+    elif any(p.exists() for p in (paths.out, paths.records, paths.rejects)):
+        raise UserError(f"--out {paths.out} already exists and is not a synth run; pass --force to replace it")
+
+
+def run(cfg: SynthConfig, similarity: Callable[[list[str]], list[float]] | None = None) -> dict:
+    """Generate until `cfg.n` stories are kept; returns the report (also written to OUT.report.md/.json).
+
+    `similarity(stories)` gives each story's max Rouge-2 F against the others (evaluate/diversity.py's; data/
+    may not import evaluate, so the caller passes it in)."""
+    vocab, template = validate(cfg)
+    paths = Paths.of(cfg.out, cfg.format)
+    settings = cfg.settings(vocab, template)
+    _check_resume(cfg, paths, settings)
+    client = ChatClient(cfg.url, cfg.model, api_key_env=cfg.api_key_env, timeout=cfg.timeout,
+                        max_retries=cfg.retries, concurrency=cfg.concurrency, what="LLM")
+    calls = JsonlCache(None if cfg.force else paths.calls)
+    tally = Tally()
+    if not cfg.force:
+        for rec in read_ledger(paths.records):
+            tally.add(rec, True)
+        for rec in read_ledger(paths.rejects):
+            tally.add(rec, False)
+    # The spend so far is what the recorded stories cost; a story whose replies are cached but not yet
+    # recorded (a kill in between) adds its cost when it is recorded.
+    budget = _Budget(cfg, (sum(p for p, _ in tally.story_tokens), sum(c for _, c in tally.story_tokens)))
+    job = _Job(cfg, vocab, template, client, calls, settings)
+
+    def begin_writing() -> None:
+        # Nothing is written (and with --force nothing is removed) before the first reply came back well.
+        if cfg.force:
+            for p in paths.written():
+                p.unlink(missing_ok=True)
+            calls.path = paths.calls
+        paths.out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(paths.manifest, settings)
+
+    stopped = _loop(cfg, job, tally, budget, paths, begin_writing)
+    if paths.manifest.exists():
+        if cfg.format == "txt":
+            recs = sorted(read_ledger(paths.records), key=lambda r: r["index"])
+            atomic_write_text(paths.out, "".join(f"{r['text']}\n{EOT}\n" for r in recs))
+        report = build_report(read_ledger(paths.records), read_ledger(paths.rejects), vocab, client, budget,
+                              cfg, similarity)
+        atomic_write_json(paths.report_json, report)
+        atomic_write_text(paths.report_md, markdown(report))
+    else:
+        report = build_report([], [], vocab, client, budget, cfg, similarity)
+    report["stopped"] = stopped
+    return report
+
+
+def _loop(cfg: SynthConfig, job: "_Job", tally: Tally, budget: _Budget, paths: Paths,
+          begin_writing: Callable[[], None]) -> str | None:
+    """Keep cfg.concurrency stories in flight, never more than are still missing; record each as it finishes.
+    Returns None when --n stories are kept, else the budget message. A UserError from a call stops new work;
+    the calls in flight finish and are recorded, then it is raised."""
+    indices = (i for i in itertools.count() if i not in tally.done)
+    pending: dict[Future, int] = {}
+    error: BaseException | None = None
+    begun = False
+    t0, rejected0 = time.monotonic(), sum(tally.rejected.values())
+    pool = ThreadPoolExecutor(max_workers=cfg.concurrency)
+    bar = progress(total=cfg.n, initial=min(tally.kept, cfg.n), desc="synth", unit="story")
+    try:
+        while True:
+            while (error is None and tally.kept + len(pending) < cfg.n and len(pending) < cfg.concurrency
+                   and budget.allows(len(pending), tally.story_tokens)):
+                i = next(indices)
+                pending[pool.submit(job, i)] = i
+            if not pending:
+                break
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                pending.pop(fut)
+                if fut.exception() is not None:
+                    error = error or fut.exception()
+                    continue
+                rec, paid = fut.result()
+                if not begun:
+                    begin_writing()
+                    begun = True
+                _record(rec, paid, tally, budget, paths)
+                bar.update(1 if "reason" not in rec else 0)
+                rate = tally.new_tokens / max(1e-9, time.monotonic() - t0)
+                bar.set_postfix_str(f"{rate:,.0f} tok/s, {sum(tally.rejected.values()) - rejected0} rejected",
+                                    refresh=False)
+        if error is not None:
+            raise error
+    finally:
+        bar.close()
+        pool.shutdown(wait=True, cancel_futures=True)
+    return None if tally.kept >= cfg.n else budget.stop_message(tally.kept, cfg.n)
+
+
+def _record(rec: dict, paid: tuple[int, int], tally: Tally, budget: _Budget, paths: Paths) -> None:
+    """Append one finished story to the records or the rejects (an exact duplicate of a kept one is a reject)."""
+    if "reason" not in rec and story_hash(rec["story"]) in tally.hashes:
+        rec = {k: v for k, v in rec.items() if k not in ("text", "instruct", "summary")} | {"reason": "duplicate"}
+    kept = "reason" not in rec
+    append_line(paths.records if kept else paths.rejects, rec)
+    tally.add(rec, kept)
+    budget.add(rec["usage"]["prompt_tokens"], rec["usage"]["completion_tokens"])
+    tally.new_tokens += sum(paid)
+
+
+class _Job:
+    """One story, end to end (runs on a worker thread): draw, ask, check, and with --instruct summarize."""
+
+    def __init__(self, cfg: SynthConfig, vocab: Vocabulary, template: Template, client: ChatClient,
+                 calls: JsonlCache, settings: dict):
+        self.cfg, self.vocab, self.template, self.client, self.calls = cfg, vocab, template, client, calls
+        self.gates = GateConfig(min_words=cfg.min_words, max_words=cfg.max_words)
+        self.meta = {"model": cfg.model, "seed": cfg.seed, "template_sha256": settings["template_sha256"],
+                     "vocab_sha256": settings["vocab_sha256"], "language": settings["language"]}
+
+    def _call(self, kind: str, index: int, prompt: str, **params) -> tuple[dict, bool]:
+        """A reply from the calls cache, or paid for now and cached at once; (reply, paid now)."""
+        k = key("synth", kind, self.cfg.seed, index, self.cfg.model, prompt, params)
+        got = self.calls.get(k)
+        if got is not None:
+            return got, False
+        r = self.client.chat(prompt, **params)
+        got = {"text": r.text, "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
+               "finish_reason": r.finish_reason}
+        self.calls.put(k, got)
+        return got, True
+
+    def __call__(self, index: int) -> tuple[dict, tuple[int, int]]:
+        cfg = self.cfg
+        d: Draw = draw(self.vocab, cfg.seed, index, cfg.feature_prob)
+        prompt = self.template.story_prompt(*d.words, list(d.features), cfg.language)
+        rep, paid = self._call("story", index, prompt, temperature=cfg.temperature, max_tokens=cfg.story_tokens)
+        replies = [(rep, paid)]
+        story = rep["text"].strip()
+        reason, missing = check(story, d.words, self.gates, rep.get("finish_reason"))
+        rec = {"index": index, "story": story, "words": {"verb": d.verb, "noun": d.noun, "adjective": d.adjective},
+               "features": list(d.features), **self.meta, "prompt": prompt}
+        if reason is None and cfg.instruct:
+            srep, spaid = self._call("summary", index, self.template.summary_prompt(story), temperature=0.0,
+                                     max_tokens=200)
+            replies.append((srep, spaid))
+            summary = " ".join(srep["text"].split())
+            if not summary:
+                reason = "empty_summary"
+            else:
+                rec["summary"] = summary
+                rec["instruct"] = format_record(instruct_record(d, story, summary, cfg.seed))
+        rec["usage"] = {"prompt_tokens": sum(r["prompt_tokens"] for r, _ in replies),
+                        "completion_tokens": sum(r["completion_tokens"] for r, _ in replies)}
+        if reason is not None:
+            rec["reason"] = reason
+            if missing:
+                rec["missing"] = missing
+        else:
+            rec = {"index": index, "text": rec.get("instruct", story), **{k: v for k, v in rec.items() if k != "index"}}
+        paid_now = (sum(r["prompt_tokens"] for r, p in replies if p), sum(r["completion_tokens"] for r, p in replies if p))
+        return rec, paid_now
