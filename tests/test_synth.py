@@ -22,12 +22,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import LocalServer, assert_one_line_error, cli_env, run_cli
+from conftest import LocalServer, cli_env, run_cli
 from tinystories.data.instruct.records import parse_record, split_records
 from tinystories.data.synth.draw import draw
 from tinystories.data.synth.gates import check
 from tinystories.data.synth.runner import SynthConfig, read_ledger, run
 from tinystories.data.synth.vocab import load_vocabulary, parse_vocabulary
+from tinystories.cli import main
 from tinystories.errors import UserError
 
 VOCAB = """# a small list, so that a story using all of it can be sent twice
@@ -172,6 +173,23 @@ def vocab_file(tmp_path):
     return p
 
 
+def cli(capsys, *args) -> tuple[int, str, str]:
+    """`tinystories ARGS` in this process (a subprocess costs seconds of imports): (exit code, stdout, stderr)."""
+    capsys.readouterr()
+    rc = main([str(a) for a in args])
+    got = capsys.readouterr()
+    return rc, got.out, got.err
+
+
+def one_line_error(result: tuple[int, str, str], *needles: str) -> None:
+    rc, out, err = result
+    assert rc != 0, out
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
 def _cfg(srv, out, **kw) -> SynthConfig:
     base = dict(out=str(out), n=12, url=srv.url, model="test-model", seed=3, concurrency=3, timeout=0.5,
                 retries=4, min_words=20)
@@ -254,6 +272,7 @@ def test_kill_and_resume_pays_for_nothing_twice(server, tmp_path):
     calls = Path(f"{out}.calls.jsonl")
     deadline = time.monotonic() + 60
     while srv.did["ok"] < 12 and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read().decode()
         time.sleep(0.01)
     with srv.lock:
         srv.open.clear()                                 # hold every new request, then kill
@@ -286,40 +305,40 @@ def test_torn_last_line_is_cut_and_redone_from_the_cache(server, vocab_file, tmp
     assert [json.loads(l)["index"] for l in out.read_text().splitlines()] == [json.loads(l)["index"] for l in lines]
 
 
-def test_budget_stops_before_it_is_spent(server, vocab_file, tmp_path):
+def test_budget_stops_before_it_is_spent(server, vocab_file, tmp_path, capsys):
     srv = server()
     out = tmp_path / "b.jsonl"
     rep = run(_cfg(srv, out, n=50, vocab=str(vocab_file), max_tokens=1500, concurrency=4))
     spent = rep["tokens"]["prompt"] + rep["tokens"]["completion"]
     assert rep["stopped"] and "--max-tokens 1,500" in rep["stopped"] and spent <= 1500
     assert rep["kept"] >= 3 and spent == sum(srv.usage)
-    proc = run_cli("synth", "--out", tmp_path / "c.jsonl", "--n", 50, "--llm-url", srv.url, "--llm-model", "m",
-                   "--vocab", vocab_file, "--min-words", 20, "--max-cost", "0.001", "--price-in", "1",
-                   "--price-out", "2")
-    assert_one_line_error(proc, "--max-cost 0.001 would be exceeded")
-    assert "| kept |" in proc.stdout
+    got = cli(capsys, "synth", "--out", tmp_path / "c.jsonl", "--n", 50, "--llm-url", srv.url, "--llm-model", "m",
+              "--vocab", vocab_file, "--min-words", 20, "--max-cost", "0.001", "--price-in", "1", "--price-out", "2")
+    one_line_error(got, "--max-cost 0.001 would be exceeded")
+    assert "| kept |" in got[1]
 
 
-def test_synth_prepare_train_generate(server, tmp_path):
+def test_synth_prepare_train_generate(server, tmp_path, capsys):
     srv = server()
     out = tmp_path / "s.jsonl"
-    run_cli("synth", "--out", out, "--n", 40, "--llm-url", srv.url, "--llm-model", "m", "--min-words", 20,
-            "--seed", 1, check=True)
+    rc, stdout, _ = cli(capsys, "synth", "--out", out, "--n", 40, "--llm-url", srv.url, "--llm-model", "m",
+                        "--min-words", 20, "--seed", 1)
+    assert rc == 0 and "| kept | 40 |" in stdout
     data = tmp_path / "data"
-    run_cli("prepare", out, "--out", data, "--vocab-size", 300, "--val-fraction", "0.1", check=True)
+    assert cli(capsys, "prepare", out, "--out", data, "--vocab-size", 300, "--val-fraction", "0.1")[0] == 0
     tiny = ["--preset", "1M", "--set", "model.hidden=32", "--set", "model.layers=2", "--set", "model.heads=2",
             "--set", "model.context=64", "--set", "batch_size=4", "--set", "threads=1", "--set", "precision=fp32",
             "--set", "eval_tokens=1024", "--set", "final_eval_tokens=1024", "--set", "samples=0"]
-    run_cli("train", "--data", data, "--out", tmp_path / "run", "--max-steps", 20, *tiny, check=True)
-    proc = run_cli("generate", tmp_path / "run", "Once upon a time", "--max-new-tokens", 10, check=True)
-    assert proc.stdout.strip().startswith("Once upon a time")
+    assert cli(capsys, "train", "--data", data, "--out", tmp_path / "run", "--max-steps", 20, *tiny)[0] == 0
+    rc, stdout, _ = cli(capsys, "generate", tmp_path / "run", "Once upon a time", "--max-new-tokens", 10)
+    assert rc == 0 and stdout.strip().startswith("Once upon a time")
 
 
-def test_instruct_records_go_into_prepare(server, vocab_file, tmp_path):
+def test_instruct_records_go_into_prepare(server, vocab_file, tmp_path, capsys):
     srv = server()
     out = tmp_path / "i.txt"
-    run_cli("synth", "--out", out, "--n", 8, "--llm-url", srv.url, "--llm-model", "m", "--min-words", 20,
-            "--instruct", "--format", "txt", "--vocab", vocab_file, check=True)
+    assert cli(capsys, "synth", "--out", out, "--n", 8, "--llm-url", srv.url, "--llm-model", "m", "--min-words", 20,
+               "--instruct", "--format", "txt", "--vocab", vocab_file)[0] == 0
     assert srv.did["summary"] == 8
     recs = [parse_record(t) for t in split_records(out.read_text())]
     assert len(recs) == 8 and all(r.story.startswith("Once upon a time") for r in recs)
@@ -327,12 +346,12 @@ def test_instruct_records_go_into_prepare(server, vocab_file, tmp_path):
     assert all(set(r.words) <= set(ALL_WORDS) for r in recs) and any(r.words for r in recs)
     ledger = read_ledger(Path(f"{out}.records.jsonl"))
     assert all(r["text"] == r["instruct"] and r["summary"] for r in ledger)
-    run_cli("prepare", out, "--out", tmp_path / "d", "--vocab-size", 300, "--val-fraction", "0.2", check=True)
+    assert cli(capsys, "prepare", out, "--out", tmp_path / "d", "--vocab-size", 300, "--val-fraction", "0.2")[0] == 0
 
 
 # ---------------------------------------------------------------- bad input
 
-def test_bad_input_is_one_line_and_writes_nothing(server, vocab_file, tmp_path, monkeypatch):
+def test_bad_input_is_one_line_and_writes_nothing(server, vocab_file, tmp_path, capsys):
     srv = server()
     out = tmp_path / "o.jsonl"
     base = ["synth", "--out", out, "--llm-model", "m", "--min-words", 20, "--retries", 1, "--timeout", 1]
@@ -352,18 +371,18 @@ def test_bad_input_is_one_line_and_writes_nothing(server, vocab_file, tmp_path, 
     (tmp_path / "t.yaml").write_text((Path(__file__).parents[1] / "src/tinystories/resources/synth/template.yaml")
                                      .read_text().replace('"{noun}"', "something"))
     for argv, needles in cases:
-        assert_one_line_error(run_cli(*argv), *needles)
+        one_line_error(cli(capsys, *argv), *needles)
         assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.txt", "mis.txt", "nonoun.txt", "t.yaml",
                                                               "vocab.txt"], argv
     # the server refuses the key / does not know the model / sends no chat completion
     for status, needle in ((401, "HTTP 401"), (404, "does not know the model 'm'")):
         srv.status = status
-        assert_one_line_error(run_cli(*with_url, "--n", 2), needle)
+        one_line_error(cli(capsys, *with_url, "--n", 2), needle)
     srv.status = None
     bad = SynthServer()
     bad.RequestHandlerClass = _Malformed
     try:
-        assert_one_line_error(run_cli(*base, "--llm-url", bad.url, "--n", 2), "not a chat completion")
+        one_line_error(cli(capsys, *base, "--llm-url", bad.url, "--n", 2), "not a chat completion")
     finally:
         bad.close()
     assert not out.exists() and not list(tmp_path.glob("o.jsonl*"))
