@@ -402,3 +402,48 @@ def test_resume_with_other_settings_is_refused(server, vocab_file, tmp_path):
         run(_cfg(srv, out, n=2, seed=4, vocab=str(vocab_file)))
     rep = run(_cfg(srv, out, n=2, seed=4, vocab=str(vocab_file), force=True))
     assert rep["kept"] == 2 and {r["seed"] for r in read_ledger(out)} == {4}
+
+
+# ---------------------------------------------------------------- the client's deadline and reply cap
+
+class _Trickle(_Handler):
+    """Headers at once, then a byte every 0.1 s: every read succeeds, the reply never ends in time."""
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        big = self.server.big
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(big or 100))
+        self.end_headers()
+        try:
+            if big:
+                self.wfile.write(b" " * big)
+                return
+            for _ in range(100):
+                self.wfile.write(b" ")
+                self.wfile.flush()
+                time.sleep(0.1)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+
+def test_client_deadline_is_per_reply_and_replies_are_capped():
+    from tinystories.llm.client import ChatClient
+
+    srv = SynthServer()
+    srv.RequestHandlerClass = _Trickle
+    srv.big = 0
+    try:
+        client = ChatClient(srv.url, "m", timeout=0.5, max_retries=1, backoff=0.01)
+        t = time.monotonic()
+        with pytest.raises(UserError, match=r"failed after 2 tries \(no reply within 0.5s\)"):
+            client.complete("hi")
+        assert time.monotonic() - t < 2.5 and client.stats["timeouts"] == 2   # not 2 x 10 s of trickle
+        srv.big = 3 << 20
+        client = ChatClient(srv.url, "m", timeout=5, max_reply_bytes=1 << 20)
+        with pytest.raises(UserError, match="larger than 1,048,576 bytes"):
+            client.complete("hi")
+        assert client.requests_sent == 1
+    finally:
+        srv.close()
