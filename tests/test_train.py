@@ -385,3 +385,70 @@ def test_the_shared_tiny_model_is_a_trained_run(tiny_model):
     assert summary["val_loss"] < math.log(512) - 1.0, summary  # well below a uniform guess
     model, tok = load_model(tiny_model)
     assert model.config.layers == 2 and tok.vocab_size == 512
+
+
+# --------------------------------------------------------------------------- one writer per run directory
+
+def test_a_second_train_on_the_same_out_fails_at_once_and_the_first_is_unharmed(data_dir, tmp_path):
+    out = tmp_path / "shared-out"
+    args = ["train", "--data", str(data_dir), "--out", str(out), *map(str, TINY_ARGS), "--set", "samples=0",
+            "--set", "log_every=1"]
+    first = subprocess.Popen([sys.executable, "-m", "tinystories", *args, "--max-steps", "1000000"], env=cli_env(),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        lock = tmp_path / ".shared-out.lock"
+        deadline = time.time() + 120
+        while not (lock.is_file() and lock.read_text().strip() == str(first.pid)):
+            assert first.poll() is None and time.time() < deadline, first.stderr.read()
+            time.sleep(0.01)
+        for extra in ([], ["--force"], ["--resume"]):  # whatever the second one asks for
+            second = run_cli(*args, "--max-steps", 5, *extra)
+            assert_one_line_error(second, f"--out {out}", "in use", str(first.pid))
+        assert first.poll() is None
+        first.send_signal(signal.SIGINT)  # stop it early: it saves a checkpoint and ends cleanly
+        assert first.wait(timeout=120) == 130, first.stderr.read()  # interrupted, checkpoint saved
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    steps = [r["step"] for r in _records(out) if "loss" in r]
+    assert steps == list(range(1, len(steps) + 1))  # one run's log, nothing from the refused ones
+    assert not lock.exists()  # released at the end
+    load_model(out)
+
+
+def test_a_killed_runs_lock_is_taken_over(data_dir, tmp_path):
+    out = tmp_path / "killed-lock"
+    args = ["train", "--data", str(data_dir), "--out", str(out), *map(str, TINY_ARGS), "--set", "samples=0",
+            "--set", "checkpoint_every=5"]
+    proc = subprocess.Popen([sys.executable, "-m", "tinystories", *args, "--max-steps", "2000"], env=cli_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while ckpt.latest_checkpoint(out) is None:
+            assert proc.poll() is None and time.time() < deadline, proc.stderr.read()
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert (tmp_path / ".killed-lock.lock").is_file()  # left behind, but no longer held by anyone
+    summary = json.loads(run_cli(*args, "--max-steps", 12, "--resume", "--json", check=True).stdout)
+    assert summary["steps"] == 12
+
+
+def test_resume_without_a_checkpoint_is_an_error_not_a_fresh_start(data_dir, tmp_path):
+    out = tmp_path / "run"
+    run_cli("train", "--data", data_dir, "--out", out, "--max-steps", 3, *TINY_ARGS, "--set", "samples=0", check=True)
+    shutil.rmtree(out / "checkpoints")
+    before = (out / "model.safetensors").read_bytes()
+    proc = run_cli("train", "--out", out, "--resume", "--max-steps", 6)
+    assert_one_line_error(proc, "--resume", "no checkpoint", "--force")
+    assert (out / "model.safetensors").read_bytes() == before
+
+
+def test_out_naming_a_file_is_a_one_line_error(data_dir, tmp_path):
+    f = tmp_path / "notes.txt"
+    f.write_text("mine")
+    proc = run_cli("train", "--data", data_dir, "--out", f, "--max-steps", 3, *TINY_ARGS, "--force")
+    assert_one_line_error(proc, f"--out {f}", "is a file")
+    assert f.read_text() == "mine"
