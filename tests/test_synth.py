@@ -75,6 +75,7 @@ class SynthServer(LocalServer):
         self.open.set()
         self.status = None                    # answer everything with this HTTP status
         self.active = 0                       # requests past the gate, not finished
+        self.refuse_summaries: set[int] = set()   # summary request numbers answered with a refusal
         self.start()
 
 
@@ -117,6 +118,9 @@ class _Handler(BaseHTTPRequestHandler):
         if prompt.startswith("Summarize"):
             with srv.lock:
                 srv.did["summary"] += 1
+                refuse = srv.did["summary"] in srv.refuse_summaries
+            if refuse:
+                return self._reply(prompt, "As an AI, I cannot summarize this.")
             return self._reply(prompt, "A girl and her friend play with a " + prompt.split()[-1].strip(".") + ".")
         with srv.lock:
             srv.did["story_requests"] += 1
@@ -336,10 +340,12 @@ def test_synth_prepare_train_generate(server, tmp_path, capsys):
 
 def test_instruct_records_go_into_prepare(server, vocab_file, tmp_path, capsys):
     srv = server()
+    srv.refuse_summaries = {2}
     out = tmp_path / "i.txt"
     assert cli(capsys, "synth", "--out", out, "--n", 8, "--llm-url", srv.url, "--llm-model", "m", "--min-words", 20,
                "--instruct", "--format", "txt", "--vocab", vocab_file)[0] == 0
-    assert srv.did["summary"] == 8
+    assert srv.did["summary"] == 9 and srv.did["story_requests"] == 9
+    assert [r["reason"] for r in read_ledger(Path(f"{out}.rejects.jsonl"))] == ["bad_summary"]
     recs = [parse_record(t) for t in split_records(out.read_text())]
     assert len(recs) == 8 and all(r.story.startswith("Once upon a time") for r in recs)
     assert any(r.summary and r.summary.startswith("A girl and her friend") for r in recs)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from ..instruct.words import QUOTES, lexicon_lemmas, word_forms, word_tokens
 
 REASONS = ("empty", "refusal", "too_short", "too_long", "unbalanced_quotes", "missing_word", "duplicate",
-           "cut_off")
+           "cut_off", "bad_summary")
 
 # How assistants decline, at the start of a reply.
 _REFUSAL = re.compile(r"^\W*(?:i'?m sorry|i am sorry|sorry, (?:but )?i|as an ai\b|as a language model|"
@@ -22,6 +22,11 @@ class GateConfig:
     min_words: int = 60          # the paper's 3-5 paragraphs are ~150-400 words
     max_words: int = 1000
     reject_cut_off: bool = True  # a reply the server cut at max_tokens (finish_reason "length")
+
+
+def is_refusal(text: str) -> bool:
+    """Whether a reply opens the way assistants decline ("I'm sorry", "As an AI")."""
+    return bool(_REFUSAL.search(text.strip()))
 
 
 def uses_word(word: str, tokens: set[str]) -> bool:
@@ -39,7 +44,7 @@ def check(story: str, words: tuple[str, ...], cfg: GateConfig = GateConfig(),
     text = story.strip()
     if not text:
         return "empty", []
-    if _REFUSAL.search(text):
+    if is_refusal(text):
         return "refusal", []
     if cfg.reject_cut_off and finish_reason == "length":
         return "cut_off", []

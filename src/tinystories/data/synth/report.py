@@ -71,7 +71,7 @@ def build_report(kept: list[dict], rejected: list[dict], vocab: Vocabulary, clie
     return {
         "kind": "synth", "out": str(cfg.out), "model": cfg.model, "seed": cfg.seed, "n": cfg.n,
         "kept": len(kept),
-        "rejected": {r: reasons[r] for r in (*REASONS, "empty_summary", *sorted(set(reasons) - set(REASONS)))
+        "rejected": {r: reasons[r] for r in (*REASONS, *sorted(set(reasons) - set(REASONS)))
                      if reasons[r]},
         "this_run": {k: client.stats[k] for k in WIRE},
         "tokens": tokens,

@@ -33,7 +33,7 @@ from ...runtime.files import atomic_write_json, atomic_write_text
 from ..instruct.records import EOT, format_record
 from ..sources import story_hash
 from .draw import Draw, draw, instruct_record
-from .gates import GateConfig, check
+from .gates import GateConfig, check, is_refusal
 from .prompts import Template, load_template
 from .report import build_report, markdown
 from .vocab import Vocabulary, load_vocabulary
@@ -373,8 +373,8 @@ class _Job:
                                      max_tokens=200)
             replies.append((srep, spaid))
             summary = " ".join(srep["text"].split())
-            if not summary:
-                reason = "empty_summary"
+            if not summary or is_refusal(summary):
+                reason = "bad_summary"
             else:
                 rec["summary"] = summary
                 rec["instruct"] = format_record(instruct_record(d, story, summary, cfg.seed))
