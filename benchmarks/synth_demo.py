@@ -30,6 +30,7 @@ from tinystories.data.synth.report import diversity, markdown, word_usage  # noq
 from tinystories.data.synth.runner import SynthConfig, run  # noqa: E402
 from tinystories.data.synth.vocab import load_vocabulary  # noqa: E402
 from tinystories.evaluate.diversity import diversity_metrics  # noqa: E402
+from tinystories.llm.config import LLMConfig  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data" / "tinystories"
 _ASKED = re.compile(r'verb "([^"]+)", the noun "([^"]+)" and the adjective "([^"]+)"')
@@ -88,8 +89,8 @@ def main() -> int:
     args = ap.parse_args()
     srv = StandIn()
     sim = lambda stories: diversity_metrics(stories, [])["r"]  # noqa: E731
-    cfg = SynthConfig(out=args.out, n=args.n, url=f"http://127.0.0.1:{srv.server_address[1]}/v1", model="stand-in",
-                      seed=0, concurrency=8, force=True, instruct=True)
+    cfg = SynthConfig(out=args.out, n=args.n, model="stand-in", seed=0, force=True, instruct=True,
+                      llm=LLMConfig(url=f"http://127.0.0.1:{srv.server_address[1]}/v1", concurrency=8))
     t = time.perf_counter()
     report = run(cfg, similarity=sim)
     dt = time.perf_counter() - t

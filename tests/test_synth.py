@@ -30,6 +30,7 @@ from tinystories.data.synth.runner import SynthConfig, read_ledger, run
 from tinystories.data.synth.vocab import load_vocabulary, parse_vocabulary
 from tinystories.cli import main
 from tinystories.errors import UserError
+from tinystories.llm.config import LLMConfig
 
 VOCAB = """# a small list, so that a story using all of it can be sent twice
 jump verb
@@ -195,8 +196,8 @@ def one_line_error(result: tuple[int, str, str], *needles: str) -> None:
 
 
 def _cfg(srv, out, **kw) -> SynthConfig:
-    base = dict(out=str(out), n=12, url=srv.url, model="test-model", seed=3, concurrency=3, timeout=0.5,
-                retries=4, min_words=20)
+    llm = LLMConfig(url=srv.url, concurrency=kw.pop("concurrency", 3), timeout=0.5, retries=4)
+    base = dict(out=str(out), n=12, model="test-model", seed=3, min_words=20, llm=llm)
     return SynthConfig(**{**base, **kw})
 
 

@@ -23,11 +23,12 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 from ...errors import UserError
 from ...llm.cache import JsonlCache, key
 from ...llm.client import ChatClient
+from ...llm.config import LLMConfig
 from ...runtime.console import progress
 from ...runtime.files import atomic_write_json, atomic_write_text
 from ..instruct.records import EOT, format_record
@@ -41,33 +42,51 @@ from .vocab import Vocabulary, load_vocabulary
 
 @dataclass
 class SynthConfig:
-    """What `tinystories synth` does; the CLI is a thin layer over these fields."""
+    """What `tinystories synth` does: its fields are the verb's flags (cli/synth.py), and the Python API."""
 
     out: str
+    """the corpus to write: .jsonl records, or the official txt with --format txt"""
     n: int
-    url: str
+    """stories to keep"""
     model: str
+    """the model name to ask the server for"""
     seed: int = 0
-    api_key_env: str = "OPENAI_API_KEY"
-    concurrency: int = 8
-    timeout: float = 60.0              # seconds for one whole reply
-    retries: int = 5
-    vocab: str | None = None           # None: the packaged list
-    template: str | None = None        # None: the packaged template
-    language: str | None = None        # None: the template's
-    instruct: bool = False             # a second call writes a summary; records carry the Instruct text
-    format: str = "jsonl"              # jsonl | txt
-    temperature: float = 1.0
-    story_tokens: int = 1000           # max_tokens asked for one story
-    max_tokens: int | None = None      # budget: total tokens (prompt + completion) of the corpus
-    max_cost: float | None = None      # budget in the price's currency
-    price_in: float | None = None      # per million prompt tokens
-    price_out: float | None = None     # per million completion tokens
+    """seed of the draws: story i asks for what (seed, i) draws"""
+    format: Literal["jsonl", "txt"] = "jsonl"
+    """jsonl: one record a line (story, words and features asked, model, template hash, seed, token usage);
+    txt: the official <|endoftext|> format. Both go into `prepare`"""
+    instruct: bool = False
+    """also ask for a 1-2 line summary and write TinyStories-Instruct records (paper section 2.1)"""
+    vocab: str | None = None
+    """word list, one 'word verb|noun|adjective' a line, any language (default: the packaged 1,500 words)"""
+    template: str | None = None
+    """prompt template (YAML): copy tinystories/resources/synth/template.yaml and edit it"""
+    language: str | None = None
+    """the template's {language} (default: the template's own)"""
     feature_prob: float = 1 / 3
+    """chance that each of the paper's six features is asked for"""
+    temperature: float = 1.0
+    """sampling temperature of the story requests"""
+    story_tokens: int = 1000
+    """max_tokens of one story request"""
     min_words: int = 60
+    """shorter stories are rejected"""
     max_words: int = 1000
-    report_sample: int = 200           # stories compared pairwise for Rouge-2 self-similarity
+    """longer stories are rejected"""
+    max_tokens: int | None = None
+    """stop before the corpus's tokens (prompt + completion, as the server reports them) would pass this"""
+    max_cost: float | None = None
+    """stop before the corpus's cost would pass this (needs --price-in and --price-out)"""
+    price_in: float | None = None
+    """price per million prompt tokens"""
+    price_out: float | None = None
+    """price per million completion tokens"""
+    report_sample: int = 200
+    """stories compared pairwise for the Rouge-2 self-similarity"""
     force: bool = False
+    """start over: replace --out and its side files"""
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    """the server that writes the stories (url, key, concurrency, timeout, retries)"""
 
     def settings(self, vocab: Vocabulary, template: Template) -> dict:
         """What decides the draws and the prompts: a resumed run must match it."""
@@ -196,7 +215,7 @@ def validate(cfg: SynthConfig) -> tuple[Vocabulary, Template]:
         raise UserError(f"--n {cfg.n}: give the number of stories to keep (at least 1)")
     if cfg.format not in ("jsonl", "txt"):
         raise UserError(f"--format {cfg.format!r}: choose jsonl or txt")
-    for name, v in (("--concurrency", cfg.concurrency), ("--story-tokens", cfg.story_tokens),
+    for name, v in (("--concurrency", cfg.llm.concurrency), ("--story-tokens", cfg.story_tokens),
                     ("--min-words", cfg.min_words)):
         if v < 1:
             raise UserError(f"{name} {v}: must be at least 1")
@@ -244,8 +263,7 @@ def run(cfg: SynthConfig, similarity: Callable[[list[str]], list[float]] | None 
     paths = Paths.of(cfg.out, cfg.format)
     settings = cfg.settings(vocab, template)
     _check_resume(cfg, paths, settings)
-    client = ChatClient(cfg.url, cfg.model, api_key_env=cfg.api_key_env, timeout=cfg.timeout,
-                        max_retries=cfg.retries, concurrency=cfg.concurrency, what="LLM")
+    client = cfg.llm.client(cfg.model, what="LLM")
     calls = JsonlCache(None if cfg.force else paths.calls)
     tally = Tally()
     if not cfg.force:
@@ -292,11 +310,11 @@ def _loop(cfg: SynthConfig, job: "_Job", tally: Tally, budget: _Budget, paths: P
     error: BaseException | None = None
     begun = False
     t0, rejected0 = time.monotonic(), sum(tally.rejected.values())
-    pool = ThreadPoolExecutor(max_workers=cfg.concurrency)
+    pool = ThreadPoolExecutor(max_workers=cfg.llm.concurrency)
     bar = progress(total=cfg.n, initial=min(tally.kept, cfg.n), desc="synth", unit="story")
     try:
         while True:
-            while (error is None and tally.kept + len(pending) < cfg.n and len(pending) < cfg.concurrency
+            while (error is None and tally.kept + len(pending) < cfg.n and len(pending) < cfg.llm.concurrency
                    and budget.allows(len(pending), tally.story_tokens)):
                 i = next(indices)
                 pending[pool.submit(job, i)] = i
