@@ -14,9 +14,9 @@ import sys
 
 import pytest
 import torch
+from conftest import REPO, cli_env
 
 import tinystories
-from conftest import REPO, cli_env
 from tinystories.generate.sampling import generate
 from tinystories.model.config import preset_config
 from tinystories.train import checkpoint as ckpt
@@ -51,7 +51,7 @@ def test_compiled_bf16_training_learns_with_fp32_master_weights(tiny_data, tmp_p
     assert summary["precision"] == "bf16" and summary["device"].startswith("cuda")
     losses = [loss for _, loss in _losses(tmp_path / "run")]
     assert losses[-1] < losses[0] - 0.5, losses
-    weights, state, _ = ckpt.read_checkpoint(ckpt.latest_checkpoint(tmp_path / "run"))
+    weights, _, _ = ckpt.read_checkpoint(ckpt.latest_checkpoint(tmp_path / "run"))
     assert all(w.dtype == torch.float32 for w in weights.values())
 
 
