@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import typing
 
 import pytest
 
@@ -46,10 +47,10 @@ def test_every_flag_is_a_field_and_every_field_a_flag(prog, cmd, capsys):
     from tinystories.cli.command import _tyro_config
 
     with pytest.raises(SystemExit) as e:
-        tyro.cli(cmd.config, args=["--help"], prog=prog, config=_tyro_config())
+        tyro.cli(cmd.config_class(), args=["--help"], prog=prog, config=_tyro_config())
     assert e.value.code == 0
     shown = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", capsys.readouterr().out)) - {"--help"}
-    table = set(flag_table(cmd.config))
+    table = set(flag_table(cmd.config_class()))
     assert table <= shown, f"{prog}: fields without a flag in --help: {table - shown}"
     assert shown <= table, f"{prog}: flags without a field: {shown - table}"
 
@@ -131,3 +132,41 @@ def test_set_equal_to_the_default_is_kept_by_the_budget(tiny_data, tmp_path):
     assert "lr 0.001," in line and "(yours: lr)" in line, line
     summary = json.loads(proc.stdout)
     assert summary["budget"]["kept"] == ["lr"] and summary["budget"]["lr"] == 1e-3
+
+
+def test_the_judge_block_is_one_declaration_shared_by_three_verbs():
+    """gpt-eval, evaluate instruct and instruct build show the same LLMConfig fields, under their own names."""
+    from tinystories.cli import evaluate, instruct
+    from tinystories.llm.config import LLMConfig
+
+    def leaf(cmd, name):
+        return next(c for c in cmd.subcommands if c.name == name).config_class()
+
+    gpt, inst, build = leaf(evaluate.COMMAND, "gpt-eval"), leaf(evaluate.COMMAND, "instruct"), \
+        leaf(instruct.COMMAND, "build")
+    for cls, block in ((gpt, "judge"), (inst, "judge"), (build, "summarizer")):
+        paths = set(flag_table(cls).values())
+        assert {f"{block}.{f}" for f in ("url", "key_env", "concurrency", "timeout", "retries", "cache",
+                                          "no_cache")} <= paths, (cls, paths)
+        assert issubclass(typing.get_type_hints(cls)[block], LLMConfig)
+    assert flag_table(gpt)["--judge-url"] == "judge.url" and flag_table(build)["--summarizer-url"] == "summarizer.url"
+    assert flag_table(build)["--summary-cache"] == "summarizer.cache" and "--no-no-cache" not in flag_table(gpt)
+
+
+def test_blocks_are_the_python_api(tmp_path, monkeypatch):
+    from tinystories.evaluate.gpt_eval import GptEvalConfig
+    from tinystories.generate.options import Sampling
+    from tinystories.llm.config import JudgeConfig, LLMConfig
+
+    # the older flat keywords land in the block
+    flat = GptEvalConfig("m", "j", judge_url="http://h/v1", max_retries=2, cache="", template="t.yaml")
+    nested = GptEvalConfig("m", "j", judge=JudgeConfig(url="http://h/v1", retries=2, cache="", template="t.yaml"))
+    assert flat == nested and flat.judge.cache_file("x.jsonl") is None
+    monkeypatch.setenv("TINYSTORIES_JUDGE_URL", "http://env/v1")
+    monkeypatch.setenv("TINYSTORIES_CACHE", str(tmp_path))
+    llm = LLMConfig(timeout=3.0)
+    assert llm.resolved_url() == "http://env/v1" and llm.client("m").model == "m"
+    assert llm.cache_file("a.jsonl").name == "a.jsonl" and LLMConfig(no_cache=True).cache_file("a.jsonl") is None
+    assert Sampling(temperature=0.0, seed=3).kwargs()["seed"] == 3
+    with pytest.raises(Exception, match="--top-p"):
+        Sampling(top_p=2.0).check()

@@ -8,7 +8,7 @@ blocks flattened), where jsonargparse spells fields --max_new_tokens and --judge
 --help` does not import tyro at all: the verb list is plain argparse.
 
 A field's help is its docstring (the string under it); a shared block (llm/config.py, generate/options.py,
-...) is a field whose type is that dataclass, and its flags carry no prefix. `renamed(...)` gives a block
+...) is a field whose type is that dataclass, and its flags carry no prefix. `view(...)` gives a config or block
 other flag names for one verb (--judge-url, --summarizer-url) without declaring its fields again.
 """
 
@@ -21,8 +21,10 @@ import functools
 import inspect
 import textwrap
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, Callable
+from itertools import pairwise
+from typing import Annotated, Any
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,12 @@ class Command:
     config: type | None = None
     run: Callable[[Any], int | None] | None = None
     description: str | None = None
-    subcommands: tuple["Command", ...] = ()
+    subcommands: tuple[Command, ...] = ()
+
+    def config_class(self) -> type:
+        """The config dataclass; `config` may be a function that builds it (a view of a library config),
+        so that `tinystories --help` does not import the libraries."""
+        return self.config if isinstance(self.config, type) else self.config()
 
 
 # ---------------------------------------------------------------- parsing
@@ -59,9 +66,9 @@ def parse(cmd: Command, argv: list[str], prog: str) -> tuple[Command, Any]:
         raise SystemExit(2)
     import tyro
 
-    cfg = tyro.cli(cmd.config, args=argv, prog=prog, description=cmd.description or cmd.help,
-                   config=_tyro_config())
-    object.__setattr__(cfg, "_given", frozenset(given_in(cmd.config, argv)))
+    config = cmd.config_class()
+    cfg = tyro.cli(config, args=argv, prog=prog, description=cmd.description or cmd.help, config=_tyro_config())
+    object.__setattr__(cfg, "_given", frozenset(given_in(config, argv)))
     return cmd, cfg
 
 
@@ -126,32 +133,46 @@ def _is_arg(m: Any) -> bool:
     return type(m).__name__ == "_ArgConfig"
 
 
-# ---------------------------------------------------------------- a shared block under other flag names
+# ---------------------------------------------------------------- a config as one verb shows it
 
-def renamed(block: type, names: dict[str, str], *, hide: tuple[str, ...] = (), **defaults) -> type:
-    """A subclass of `block` whose fields keep their types, help and (unless given) defaults, with flags
-    renamed for one verb: renamed(LLMConfig, {"url": "judge-url"}) makes --judge-url. Fields in `hide`
-    take no flag (the verb does not offer them)."""
+def view(config: type, *, names: dict[str, str] | None = None, metavars: dict[str, str] | None = None,
+         positional: tuple[str, ...] = (), hide: tuple[str, ...] = (), types: dict[str, type] | None = None,
+         required: tuple[str, ...] = (), **defaults) -> type:
+    """A subclass of the dataclass `config` whose fields keep their types, help and (unless given here)
+    defaults, shown the way one verb shows them: `names` renames flags (view(LLMConfig, names={"url":
+    "judge-url"}) makes --judge-url), `metavars` names their values, `positional` fields take no dashes,
+    fields in `hide` take no flag, fields in `required` lose their default, `types` swaps a block field for its own view, and keyword arguments
+    change defaults. Instances are instances of `config`, so the handler passes them on as they are.
+    A bool field named no_* is one flag (--no-cache), not a pair."""
     import tyro
 
-    for key in (*names, *hide, *defaults):
-        assert key in {f.name for f in dataclasses.fields(block)}, f"{block.__name__} has no field {key}"
-    hints = typing.get_type_hints(block, include_extras=True)
-    docs = field_docs(block)
+    names, metavars, types = names or {}, metavars or {}, types or {}
+    known = {f.name for f in dataclasses.fields(config)}
+    for key in (*names, *metavars, *positional, *hide, *types, *required, *defaults):
+        assert key in known, f"{config.__name__} has no field {key}"
+    hints = typing.get_type_hints(config, include_extras=True)
+    docs = field_docs(config)
     fields = []
-    for f in dataclasses.fields(block):
-        marks = [tyro.conf.arg(name=names.get(f.name), help=docs.get(f.name))]
-        if f.name in hide:
-            marks.append(tyro.conf.Suppress)
-        if f.name in defaults:
-            value = defaults[f.name]
-            spec = dataclasses.field(default_factory=lambda v=value: v)
+    for f in dataclasses.fields(config):
+        hint = types.get(f.name, hints[f.name])
+        marks: list = [tyro.conf.arg(name=names.get(f.name), metavar=metavars.get(f.name), help=docs.get(f.name))]
+        marks += [tyro.conf.Suppress] if f.name in hide else []
+        marks += [tyro.conf.Positional] if f.name in positional else []
+        marks += [tyro.conf.FlagCreatePairsOff] if hint is bool and f.name.startswith("no_") else []
+        if f.name in required:
+            spec = dataclasses.field(kw_only=True)
+        elif f.name in defaults:
+            spec = dataclasses.field(default_factory=lambda v=defaults[f.name]: v, kw_only=f.kw_only)
+        elif f.name in types:
+            spec = dataclasses.field(default_factory=types[f.name], kw_only=f.kw_only)
         elif f.default_factory is not dataclasses.MISSING:
-            spec = dataclasses.field(default_factory=f.default_factory)
+            spec = dataclasses.field(default_factory=f.default_factory, kw_only=f.kw_only)
+        elif f.default is not dataclasses.MISSING:
+            spec = dataclasses.field(default=f.default, kw_only=f.kw_only)
         else:
-            spec = dataclasses.field(default=f.default)
-        fields.append((f.name, Annotated[(hints[f.name], *marks)], spec))
-    return dataclasses.make_dataclass(block.__name__, fields, bases=(block,), module=block.__module__)
+            spec = dataclasses.field(kw_only=f.kw_only)
+        fields.append((f.name, Annotated[(hint, *marks)], spec))
+    return dataclasses.make_dataclass(config.__name__, fields, bases=(config,))
 
 
 @functools.cache
@@ -164,7 +185,7 @@ def field_docs(cls: type) -> dict[str, str]:
         except (OSError, TypeError, SyntaxError):
             continue
         body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
-        for stmt, nxt in zip(body, body[1:]):
+        for stmt, nxt in pairwise(body):
             if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and \
                     isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) and \
                     isinstance(nxt.value.value, str):

@@ -2,93 +2,83 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
+from dataclasses import dataclass
+from typing import Annotated
 
-from .instruct import add_evaluate_parser as add_instruct_parser
+from tyro.conf import Positional, arg
+
+from .command import Command, view
+from .instruct import (
+    INSTRUCT_EVAL_DESCRIPTION,
+    evaluate_instruct_cli,
+    instruct_eval_args,
+)
+
+MODEL = {"model_dir": "MODEL_DIR", "out": "DIR"}
+
+# The views are built on first use, so that `tinystories --help` does not import the evaluation modules.
 
 
-def add_parser(sub) -> None:
-    p = sub.add_parser("evaluate",
-                       help="score models: loss and bits/byte, GPT-Eval, diversity, probes, instruction following",
-                       description="Evaluate models the way the TinyStories paper does. Reports are written to "
-                                   "MODEL_DIR/eval/ (or --out) as JSON and Markdown; `compare` reads them back.")
-    ev = p.add_subparsers(dest="what", required=True, metavar="WHAT")
+@functools.cache
+def judge_flags() -> type:
+    """The judge block as both judges show it: --judge-url, --judge-key-env, --concurrency, --retries, ..."""
+    from ..llm.config import JudgeConfig
 
-    def common(q, model=True):
-        if model:
-            q.add_argument("model_dir", metavar="MODEL_DIR", help="run or model directory")
-            q.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
-        q.add_argument("--out", default=None, metavar="DIR", help="report directory (default MODEL_DIR/eval)")
+    return view(JudgeConfig, names={"url": "judge-url", "key_env": "judge-key-env"}, hide=("backoff",),
+                metavars={"key_env": "VAR", "cache": "FILE", "template": "FILE", "url": "URL"})
 
-    q = ev.add_parser("loss", help="nats/token, perplexity and bits per byte on a text source or DATA_DIR")
-    common(q)
-    q.add_argument("--data", required=True, metavar="FILE_OR_DATA_DIR",
-                   help="any source `prepare` accepts (.txt, .json, .jsonl, .parquet, hub name) or a DATA_DIR")
-    q.add_argument("--split", default="val", help="split of a DATA_DIR to score (default val)")
-    q.add_argument("--batch-size", type=int, default=8)
-    q.add_argument("--max-tokens", type=int, default=None, help="score only the first N tokens")
-    q.set_defaults(func=_loss)
 
-    q = ev.add_parser("gpt-eval", help="GPT-Eval: completions graded by an LLM judge (paper section 3)")
-    common(q)
-    q.add_argument("--prompts", default=None, metavar="FILE",
-                   help="YAML list of story beginnings (default: 'Evaluation prompts.yaml' from the hub "
-                        "dataset roneneldan/TinyStories)")
-    q.add_argument("--judge-url", default=os.environ.get("TINYSTORIES_JUDGE_URL", "https://api.openai.com/v1"),
-                   help="OpenAI-compatible API root, e.g. http://localhost:11434/v1 for Ollama "
-                        "(default $TINYSTORIES_JUDGE_URL or OpenAI)")
-    q.add_argument("--judge-model", default=os.environ.get("TINYSTORIES_JUDGE_MODEL", "gpt-4o"),
-                   help="judge model name (default $TINYSTORIES_JUDGE_MODEL or gpt-4o)")
-    q.add_argument("--judge-key-env", default="OPENAI_API_KEY", metavar="VAR",
-                   help="environment variable holding the API key (default OPENAI_API_KEY; unset = no key)")
-    q.add_argument("--template", default=None, metavar="FILE", help="judge conversation template (YAML); "
-                   "default: the packaged one, tinystories/resources/gpt_eval_judge.yaml")
-    q.add_argument("--samples", type=int, default=10, help="completions per prompt (default 10)")
-    q.add_argument("--temperature", type=float, default=1.0)
-    q.add_argument("--max-new-tokens", type=int, default=300)
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N prompts")
-    q.add_argument("--concurrency", type=int, default=8, help="judge requests in flight (default 8)")
-    q.add_argument("--timeout", type=float, default=60.0, help="seconds per judge request (default 60)")
-    q.add_argument("--retries", type=int, default=5, help="retries per request on 429/5xx/timeouts (default 5)")
-    q.add_argument("--parse-retries", type=int, default=2,
-                   help="times to ask again when the grades cannot be read (default 2)")
-    q.add_argument("--cache", default=None, metavar="FILE",
-                   help="judgment cache (default ~/.cache/tinystories/gpt-eval.jsonl, or $TINYSTORIES_CACHE)")
-    q.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
-    q.set_defaults(func=_gpt_eval)
+def _loss_args() -> type:
+    from ..evaluate.loss import LossConfig
 
-    q = ev.add_parser("diversity", help="Rouge and k-gram overlap with the training data (paper section 4.4.1)")
-    common(q)
-    q.add_argument("--train", required=True, nargs="+", metavar="SOURCE", help="the training stories")
-    q.add_argument("--stories", type=int, default=100, help="training stories to cut and complete (default 100)")
-    q.add_argument("--cut", type=float, default=0.4, help="share of each story kept as prompt (default 0.4)")
-    q.add_argument("--max-new-tokens", type=int, default=300)
-    q.add_argument("--temperature", type=float, default=1.0)
-    q.add_argument("--seed", type=int, default=0)
-    q.set_defaults(func=_diversity)
+    return view(LossConfig, positional=("model_dir",), metavars={**MODEL, "data": "FILE_OR_DATA_DIR", "max_tokens": "N"})
 
-    q = ev.add_parser("probes", help="factual, reasoning and context-tracking probes (paper section 4.2)")
-    common(q)
-    q.add_argument("--probes", default=None, metavar="FILE", help="probe YAML (default: the packaged 38 probes)")
-    q.add_argument("--max-new-tokens", type=int, default=24)
-    q.set_defaults(func=_probes)
 
-    add_instruct_parser(ev)   # `evaluate instruct` (cli/instruct.py)
+def _gpt_eval_args() -> type:
+    from ..evaluate.gpt_eval import GptEvalConfig
 
-    q = ev.add_parser("compare", help="saved reports of several runs side by side")
-    q.add_argument("runs", nargs="+", metavar="RUN", help="run directories, report directories or report files")
-    q.add_argument("--plot", default="compare.png", metavar="PNG", help="where to draw the plot (default compare.png)")
-    q.add_argument("--out", default=None, metavar="FILE", help="also write the table (Markdown) and JSON here")
-    q.set_defaults(func=_compare)
+    return view(GptEvalConfig, positional=("model_dir",), types={"judge": judge_flags()},
+                metavars={**MODEL, "prompts": "FILE", "limit": "N", "judge_model": "NAME"},
+                judge_model=os.environ.get("TINYSTORIES_JUDGE_MODEL", "gpt-4o"))
+
+
+def _diversity_args() -> type:
+    from ..evaluate.diversity import DiversityConfig
+
+    return view(DiversityConfig, positional=("model_dir",), required=("train",), metavars={**MODEL, "train": "SOURCE"})
+
+
+@dataclass
+class ProbesArgs:
+    model_dir: Annotated[Positional[str], arg(metavar="MODEL_DIR")]
+    """run or model directory"""
+    probes: Annotated[str | None, arg(metavar="FILE")] = None
+    """probe YAML (default: the packaged 38 probes)"""
+    max_new_tokens: int = 24
+    """longest answer, in tokens"""
+    out: Annotated[str | None, arg(metavar="DIR")] = None
+    """report directory (default MODEL_DIR/eval)"""
+    device: str = "auto"
+    """auto | cpu | cuda | cuda:N | mps"""
+
+
+@dataclass
+class CompareArgs:
+    runs: Annotated[Positional[list[str]], arg(metavar="RUN")]
+    """run directories, report directories or report files"""
+    plot: Annotated[str, arg(metavar="PNG")] = "compare.png"
+    """where to draw the plot"""
+    out: Annotated[str | None, arg(metavar="FILE")] = None
+    """also write the table (Markdown) and JSON here"""
 
 
 def _loss(a) -> int:
-    from ..evaluate.loss import LossConfig, evaluate_loss
+    from ..evaluate.loss import evaluate_loss
 
-    r = evaluate_loss(LossConfig(a.model_dir, a.data, split=a.split, batch_size=a.batch_size,
-                                 max_tokens=a.max_tokens, out=a.out, device=a.device))
+    r = evaluate_loss(a)
     bpb = "-" if r["bits_per_byte"] is None else f"{r['bits_per_byte']:.4f}"
     print(f"{r['data']}: {r['tokens_scored']:,} tokens, {r['nats_per_token']:.4f} nats/token, "
           f"perplexity {r['perplexity']:.3f}, {bpb} bits/byte")
@@ -96,13 +86,9 @@ def _loss(a) -> int:
 
 
 def _gpt_eval(a) -> int:
-    from ..evaluate.gpt_eval import GptEvalConfig, gpt_eval
+    from ..evaluate.gpt_eval import gpt_eval
 
-    r = gpt_eval(GptEvalConfig(
-        a.model_dir, a.judge_model, judge_url=a.judge_url, api_key_env=a.judge_key_env, prompts=a.prompts,
-        template=a.template, samples=a.samples, temperature=a.temperature, max_new_tokens=a.max_new_tokens,
-        seed=a.seed, limit=a.limit, concurrency=a.concurrency, timeout=a.timeout, max_retries=a.retries,
-        parse_retries=a.parse_retries, cache="" if a.no_cache else a.cache, out=a.out, device=a.device))
+    r = gpt_eval(a)
     for cat, v in r["summary"].items():
         lo, hi = v["ci95"]
         mean = "-" if v["mean"] is None else f"{v['mean']:.2f}"
@@ -115,11 +101,9 @@ def _gpt_eval(a) -> int:
 
 
 def _diversity(a) -> int:
-    from ..evaluate.diversity import DiversityConfig, diversity
+    from ..evaluate.diversity import diversity
 
-    r = diversity(DiversityConfig(a.model_dir, a.train, stories=a.stories, cut=a.cut,
-                                  max_new_tokens=a.max_new_tokens, temperature=a.temperature, seed=a.seed,
-                                  out=a.out, device=a.device))
+    r = diversity(a)
     s = r["summary"]
     print(f"Rouge-2 precision vs original ending: {s['rouge2_p_vs_original']['mean']:.3f}")
     print(f"max Rouge-2 F between generated:      {s['max_rouge2_f_between_generated']['mean']:.3f} "
@@ -130,7 +114,7 @@ def _diversity(a) -> int:
     return 0
 
 
-def _probes(a) -> int:
+def _probes(a: ProbesArgs) -> int:
     from ..evaluate.probes import run_probes
 
     r = run_probes(a.model_dir, a.probes, max_new_tokens=a.max_new_tokens, out=a.out, device=a.device)
@@ -139,7 +123,7 @@ def _probes(a) -> int:
     return 0
 
 
-def _compare(a) -> int:
+def _compare(a: CompareArgs) -> int:
     import json
 
     from ..evaluate.compare import compare
@@ -154,3 +138,19 @@ def _compare(a) -> int:
     if a.plot:
         print(f"plot: {a.plot}", file=sys.stderr)
     return 0
+
+
+COMMAND = Command(
+    "evaluate", help="score models: loss and bits/byte, GPT-Eval, diversity, probes, instruction following",
+    description="Evaluate models the way the TinyStories paper does. Reports are written to MODEL_DIR/eval/ "
+                "(or --out) as JSON and Markdown; `compare` reads them back.",
+    subcommands=(
+        Command("loss", "nats/token, perplexity and bits per byte on a text source or DATA_DIR", _loss_args, _loss),
+        Command("gpt-eval", "GPT-Eval: completions graded by an LLM judge (paper section 3)", _gpt_eval_args, _gpt_eval),
+        Command("diversity", "Rouge and k-gram overlap with the training data (paper section 4.4.1)", _diversity_args,
+                _diversity),
+        Command("probes", "factual, reasoning and context-tracking probes (paper section 4.2)", ProbesArgs, _probes),
+        Command("instruct", "instruction following: required words, sentence, features (+ judge grades)",
+                instruct_eval_args, evaluate_instruct_cli, description=INSTRUCT_EVAL_DESCRIPTION),
+        Command("compare", "saved reports of several runs side by side", CompareArgs, _compare),
+    ))

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Annotated
 
-def add_parser(sub) -> None:
-    p = sub.add_parser("export", help="write a model as a transformers GPT-Neo directory",
-                       description="Write MODEL_DIR (a run/model directory, or a transformers GPT-Neo one) as a "
-                                   "directory that transformers' AutoModelForCausalLM and AutoTokenizer "
-                                   "load offline with from_pretrained.")
-    p.add_argument("model_dir", metavar="MODEL_DIR")
-    p.add_argument("--out", required=True, metavar="HF_DIR", help="directory to write")
-    p.add_argument("--force", action="store_true", help="replace HF_DIR if it exists")
-    p.set_defaults(func=run)
+from tyro.conf import Positional, arg
+
+from .command import Command
 
 
-def run(args) -> int:
+@dataclass
+class ExportArgs:
+    model_dir: Annotated[Positional[str], arg(metavar="MODEL_DIR")]
+    """run or model directory, or a transformers GPT-Neo one"""
+    out: Annotated[str, arg(metavar="HF_DIR")]
+    """directory to write"""
+    force: bool = False
+    """replace HF_DIR if it exists"""
+
+
+def run(args: ExportArgs) -> int:
     from pathlib import Path
 
     from ..errors import UserError
@@ -29,3 +35,9 @@ def run(args) -> int:
     print(f"wrote {out}: load it with transformers.AutoModelForCausalLM.from_pretrained({str(out)!r}) "
           f"and AutoTokenizer.from_pretrained({str(out)!r})")
     return 0
+
+
+COMMAND = Command(
+    "export", help="write a model as a transformers GPT-Neo directory", config=ExportArgs, run=run,
+    description="Write MODEL_DIR (a run/model directory, or a transformers GPT-Neo one) as a directory that "
+                "transformers' AutoModelForCausalLM and AutoTokenizer load offline with from_pretrained.")

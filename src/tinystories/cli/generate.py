@@ -2,51 +2,65 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass, field
+from typing import Annotated, Literal
 
-from .instruct import add_instruction_args, instruction_prompt
+from tyro.conf import Positional, arg
 
+from ..data.instruct.options import Instructions
+from ..generate.options import Sampling
+from .command import Command, view
 
-def add_parser(sub) -> None:
-    p = sub.add_parser(
-        "generate", help="write stories with a model (sampling or beam search)",
-        description="Continue PROMPT (or, without one, start a story) with a model: our run/model directory or "
-                    "a transformers GPT-Neo directory. Stops at <|endoftext|> or --max-new-tokens. "
-                    "--prompts FILE takes many prompts (YAML/JSON list, JSONL, or text: one per line, or "
-                    "blank-line-separated blocks) and writes JSONL.")
-    p.add_argument("model_dir", metavar="MODEL_DIR")
-    p.add_argument("prompt", nargs="?", default=None, metavar="PROMPT", help="story beginning (default: none)")
-    p.add_argument("--max-new-tokens", type=int, default=256, metavar="N")
-    p.add_argument("--temperature", type=float, default=1.0, metavar="T", help="0 = greedy (default 1.0)")
-    p.add_argument("--top-k", type=int, default=None, metavar="K", help="sample from the K most likely tokens")
-    p.add_argument("--top-p", type=float, default=None, metavar="P", help="nucleus sampling, in (0, 1]")
-    p.add_argument("--num-beams", type=int, default=1, metavar="B", help="beam search with B beams (deterministic)")
-    p.add_argument("--num-samples", type=int, default=1, metavar="N", help="completions per prompt")
-    p.add_argument("--seed", type=int, default=None, metavar="S", help="same seed, same stories")
-    p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True,
-                   help="print text as it is made (default: on)")
-    p.add_argument("--json", action="store_true",
-                   help="print prompt, completions, token counts and tokens/s as JSON")
-    p.add_argument("--prompts", metavar="FILE", help="many prompts: .yaml/.yml, .json, .jsonl or text")
-    p.add_argument("--out", metavar="FILE.jsonl", help="write one JSON line per prompt here")
-    p.add_argument("--force", action="store_true", help="replace --out if it exists")
-    p.add_argument("--batch-size", type=int, default=32, metavar="N", help="rows decoded at once (default 32)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="weights and activations")
-    add_instruction_args(p)
-    p.set_defaults(func=run)
+DESCRIPTION = ("Continue PROMPT (or, without one, start a story) with a model: our run/model directory or a "
+               "transformers GPT-Neo directory. Stops at <|endoftext|> or --max-new-tokens. --prompts FILE takes "
+               "many prompts (YAML/JSON list, JSONL, or text: one per line, or blank-line-separated blocks) and "
+               "writes JSONL.")
+
+SamplingFlags = view(Sampling, metavars={"max_new_tokens": "N", "temperature": "T", "top_k": "K", "top_p": "P",
+                                         "num_beams": "B", "num_samples": "N", "seed": "S"})
+
+InstructionFlags = view(Instructions, metavars={"words": "WORDS", "sentence": "TEXT", "features": "FEATURES",
+                                                "summary": "TEXT"})
 
 
-def build_prompt(args, text: str) -> str:
+@dataclass
+class GenerateArgs:
+    model_dir: Annotated[Positional[str], arg(metavar="MODEL_DIR")]
+    """run or model directory"""
+    prompt: Annotated[Positional[str | None], arg(metavar="PROMPT")] = None
+    """story beginning (default: none)"""
+    sampling: SamplingFlags = field(default_factory=SamplingFlags)
+    """how tokens are picked"""
+    stream: bool = True
+    """print text as it is made"""
+    json: bool = False
+    """print prompt, completions, token counts and tokens/s as JSON"""
+    prompts: Annotated[str | None, arg(metavar="FILE")] = None
+    """many prompts: .yaml/.yml, .json, .jsonl or text"""
+    out: Annotated[str | None, arg(metavar="FILE.jsonl")] = None
+    """write one JSON line per prompt here"""
+    force: bool = False
+    """replace --out if it exists"""
+    batch_size: Annotated[int, arg(metavar="N")] = 32
+    """rows decoded at once"""
+    device: Annotated[str, arg(metavar="DEVICE")] = "auto"
+    """auto, cpu, cuda, cuda:N or mps"""
+    dtype: Literal["fp32", "bf16"] = "fp32"
+    """weights and activations"""
+    instructions: InstructionFlags = field(default_factory=InstructionFlags)
+    """TinyStories-Instruct (a model trained on `tinystories instruct build` records)"""
+
+
+def build_prompt(args: GenerateArgs, text: str) -> str:
     """The text the model continues for one user prompt: with --words/--sentence/--features/--summary, the
     TinyStories-Instruct prompt (instruction lines, `Story:`, then the prompt as the story's start)."""
-    return instruction_prompt(args, text) or text
+    return args.instructions.prompt(text) or text
 
 
-def user_prompts(args) -> list[str]:
+def user_prompts(args: GenerateArgs) -> list[str]:
     from ..errors import UserError
     from ..generate.sampling import read_prompts
 
@@ -57,15 +71,14 @@ def user_prompts(args) -> list[str]:
     return [args.prompt or ""]
 
 
-def run(args) -> int:
+def run(args: GenerateArgs) -> int:
     from pathlib import Path
 
     from ..errors import UserError
-    from ..generate.sampling import check_options, encode_prompts
+    from ..generate.sampling import encode_prompts
     from ..model.modeldir import check_model_dir
 
-    check_options(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                  top_p=args.top_p, num_beams=args.num_beams, num_samples=args.num_samples)
+    args.sampling.check()
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     cfg, tok = check_model_dir(args.model_dir)  # fail in a moment, before torch loads
@@ -74,82 +87,80 @@ def run(args) -> int:
     if args.out and Path(args.out).exists() and not args.force:
         raise UserError(f"--out {args.out} already exists; pass --force to replace it")
 
+    import dataclasses
+
     import torch
 
     from ..generate import sampling as gen
     from ..model.modeldir import load_model
-    from ..runtime.files import atomic_write_text
     from ..runtime.device import resolve_device
 
     model, tok = load_model(args.model_dir, resolve_device(args.device),
                             torch.bfloat16 if args.dtype == "bf16" else torch.float32)
-    seed = args.seed
-    if seed is None and args.temperature > 0 and args.num_beams == 1:
-        seed = int(torch.randint(0, 2**31, (1,)).item())  # reported, so that a run can be repeated
+    s = args.sampling
+    if s.seed is None and s.temperature > 0 and s.num_beams == 1:
+        # reported, so that a run can be repeated
+        s = dataclasses.replace(s, seed=int(torch.randint(0, 2**31, (1,)).item()))
     many = args.prompts is not None or args.out is not None
-    stream = args.stream and not args.json and not many and args.num_beams == 1
+    stream = args.stream and not args.json and not many and s.num_beams == 1
 
     def on_text(i, j, piece):
         if i == 0 and j == 0:
             sys.stdout.write(piece)
             sys.stdout.flush()
 
-    label = "beam" if args.num_beams > 1 else "sample"
-
-    def header(j: int) -> str:
-        return f"--- {label} {j + 1}/{args.num_samples} ---"
-
     if stream:
-        if args.num_samples > 1:
-            print(header(0))
+        if s.num_samples > 1:
+            print(_header(s, 0))
         sys.stdout.write(prompts[0])
         sys.stdout.flush()
     t0 = time.perf_counter()
-    results = gen.generate(model, tok, prompts, max_new_tokens=args.max_new_tokens,
-                           temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                           num_beams=args.num_beams, num_samples=args.num_samples, seed=seed,
-                           on_text=on_text if stream else None, batch_size=args.batch_size)
+    results = gen.generate(model, tok, prompts, **s.kwargs(), on_text=on_text if stream else None,
+                           batch_size=args.batch_size)
     seconds = time.perf_counter() - t0
+    records = [{"index": k, "prompt": p, "prompt_tokens": len(tok.encode(p)),
+                "completions": [_completion_dict(c) for c in results[k]]} for k, p in enumerate(prompts)]
     new_tokens = sum(len(c.tokens) + (c.finish_reason == "eot") for r in results for c in r)
     speed = new_tokens / seconds if seconds > 0 else float("inf")
-    settings = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_k": args.top_k,
-                "top_p": args.top_p, "num_beams": args.num_beams, "num_samples": args.num_samples,
-                "seed": seed, "dtype": args.dtype}
-
-    def record(k: int) -> dict:
-        rec = {"index": k, "prompt": prompts[k], "prompt_tokens": len(tok.encode(prompts[k])),
-               "completions": [_completion_dict(c) for c in results[k]]}
-        return rec
-
+    timing = {"new_tokens": new_tokens, "seconds": round(seconds, 3), "tokens_per_s": round(speed, 1)}
+    settings = {**s.kwargs(), "dtype": args.dtype}
     if many:
-        lines = "".join(json.dumps(record(k), ensure_ascii=False) + "\n" for k in range(len(prompts)))
-        summary = {"model": str(args.model_dir), "prompts": len(prompts), "new_tokens": new_tokens,
-                   "seconds": round(seconds, 3), "tokens_per_s": round(speed, 1), **settings}
-        if args.out:
-            atomic_write_text(args.out, lines)
-            if args.json:
-                print(json.dumps(summary))
-            else:
-                print(f"wrote {len(prompts)} prompt(s) x {len(results[0])} completion(s) to {args.out} "
-                      f"({new_tokens} tokens, {speed:.0f} tokens/s)", file=sys.stderr)
-        else:
-            sys.stdout.write(lines)
-        return 0
+        return _write_many(args, records, timing, settings)
     if args.json:
-        print(json.dumps({"model": str(args.model_dir), **record(0), "new_tokens": new_tokens,
-                          "seconds": round(seconds, 3), "tokens_per_s": round(speed, 1),
-                          "settings": settings}, ensure_ascii=False, indent=2))
+        print(json.dumps({"model": str(args.model_dir), **records[0], **timing, "settings": settings},
+                         ensure_ascii=False, indent=2))
         return 0
     if stream:
         print()
     for j, c in enumerate(results[0]):
         if j == 0 and stream:
             continue
-        if args.num_samples > 1:
-            print(header(j))
+        if s.num_samples > 1:
+            print(_header(s, j))
         print(prompts[0] + c.text)
     print(f"[{new_tokens} tokens in {seconds:.2f}s, {speed:.0f} tokens/s"
-          + (f", seed {seed}" if seed is not None else "") + "]", file=sys.stderr)
+          + (f", seed {s.seed}" if s.seed is not None else "") + "]", file=sys.stderr)
+    return 0
+
+
+def _header(s: Sampling, j: int) -> str:
+    return f"--- {'beam' if s.num_beams > 1 else 'sample'} {j + 1}/{s.num_samples} ---"
+
+
+def _write_many(args: GenerateArgs, records: list[dict], timing: dict, settings: dict) -> int:
+    """--prompts or --out: one JSON line per prompt, to --out or stdout."""
+    from ..runtime.files import atomic_write_text
+
+    lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    if not args.out:
+        sys.stdout.write(lines)
+        return 0
+    atomic_write_text(args.out, lines)
+    if args.json:
+        print(json.dumps({"model": str(args.model_dir), "prompts": len(records), **timing, **settings}))
+    else:
+        print(f"wrote {len(records)} prompt(s) x {len(records[0]['completions'])} completion(s) to {args.out} "
+              f"({timing['new_tokens']} tokens, {timing['tokens_per_s']:.0f} tokens/s)", file=sys.stderr)
     return 0
 
 
@@ -158,3 +169,7 @@ def _completion_dict(c) -> dict:
     if c.score is not None:
         d["score"] = round(c.score, 6)
     return d
+
+
+COMMAND = Command("generate", help="write stories with a model (sampling or beam search)", config=GenerateArgs,
+                  run=run, description=DESCRIPTION)

@@ -3,25 +3,33 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from tyro.conf import Positional, arg
+
+from .command import Command
 
 
-def add_parser(sub) -> None:
-    p = sub.add_parser("presets", help="list model presets with their parameter counts",
-                       description="The model presets (the paper's shapes, head-size-64 variants, the seed's "
-                                   "nanoGPT) with parameters split into token embedding, positions and the rest. "
-                                   "Options override a field of every preset shown.")
-    p.add_argument("names", nargs="*", metavar="PRESET", help="presets to show (default: all)")
-    p.add_argument("--vocab", type=int, default=None, metavar="N",
-                   help="vocabulary size (default: the paper's 10,000; seed-nanogpt keeps its 50,304)")
-    p.add_argument("--context", type=int, default=None, metavar="N", help="context length (learned positions)")
-    p.add_argument("--hidden", type=int, default=None, metavar="N")
-    p.add_argument("--layers", type=int, default=None, metavar="N")
-    p.add_argument("--heads", type=int, default=None, metavar="N")
-    p.add_argument("--json", action="store_true", help="print exact counts as JSON lines")
-    p.set_defaults(func=run)
+@dataclass
+class PresetsArgs:
+    names: Annotated[Positional[list[str]], arg(metavar="PRESET")] = field(default_factory=list)
+    """presets to show (default: all)"""
+    vocab: Annotated[int | None, arg(metavar="N")] = None
+    """vocabulary size (default: the paper's 10,000; seed-nanogpt keeps its 50,304)"""
+    context: Annotated[int | None, arg(metavar="N")] = None
+    """context length (learned positions)"""
+    hidden: Annotated[int | None, arg(metavar="N")] = None
+    """hidden size"""
+    layers: Annotated[int | None, arg(metavar="N")] = None
+    """number of blocks"""
+    heads: Annotated[int | None, arg(metavar="N")] = None
+    """attention heads"""
+    json: bool = False
+    """print exact counts as JSON lines"""
 
 
-def run(args) -> int:
+def run(args: PresetsArgs) -> int:
     from ..model.config import presets_table
 
     rows = presets_table(args.vocab, args.names or None, context=args.context, hidden=args.hidden,
@@ -60,3 +68,9 @@ def format_table(rows: list[dict], vocab: int | None) -> str:
                        f"{r['vocab_size']:,}-token vocabulary adds {_m(r['embedding'])} of embedding, "
                        f"{_m(r['total'])} in all.")
     return "\n".join(out)
+
+
+COMMAND = Command(
+    "presets", help="list model presets with their parameter counts", config=PresetsArgs, run=run,
+    description="The model presets (the paper's shapes, head-size-64 variants, the seed's nanoGPT) with parameters "
+                "split into token embedding, positions and the rest. Options override a field of every preset shown.")

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
-import tyro
 from tyro.conf import UseAppendAction, arg
 
 from .command import Command

@@ -26,15 +26,25 @@ from .rouge import rouge_f, rouge_precision, tokenize
 
 @dataclass
 class DiversityConfig:
+    """Is the model copying its training data? Rouge and k-gram overlap of its story endings."""
     model_dir: str
-    train: list[str] = field(default_factory=list)   # any sources `prepare` accepts
+    """run or model directory"""
+    train: list[str] = field(default_factory=list)
+    """the training stories: any sources `prepare` accepts"""
     stories: int = 100
-    cut: float = 0.4                  # share of each story's words kept as the prompt
+    """training stories to cut and complete"""
+    cut: float = 0.4
+    """share of each story's words kept as the prompt"""
     max_new_tokens: int = 300
+    """longest completion, in tokens"""
     temperature: float = 1.0
+    """sampling temperature"""
     seed: int = 0
+    """seed of the completions"""
     out: str | None = None
+    """report directory (default MODEL_DIR/eval)"""
     device: str = "auto"
+    """auto | cpu | cuda | cuda:N | mps"""
 
 
 def cut_story(story: str, fraction: float) -> tuple[str, str]:

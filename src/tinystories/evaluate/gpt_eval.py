@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import yaml
 
 from ..errors import UserError
-from ..llm.client import ChatClient
 from ..runtime.console import progress
-from ..llm.cache import JsonlCache, default_cache_dir, key
+from ..llm.cache import JsonlCache, key
+from ..llm.config import JudgeConfig, flat_keywords
 from .common import check_model_dir, fmt, mean_ci, model_fingerprint, report_dir, write_report
 from ..llm.judge import Judge, JudgeTemplate
 
@@ -28,27 +28,34 @@ HUB_REPO = "roneneldan/TinyStories"
 HUB_PROMPTS = "Evaluation prompts.yaml"
 
 
+@flat_keywords("judge", {"judge_url": "url", "api_key_env": "key_env", "concurrency": "concurrency",
+                         "timeout": "timeout", "max_retries": "retries", "backoff": "backoff",
+                         "cache": "cache", "template": "template", "parse_retries": "parse_retries"})
 @dataclass
 class GptEvalConfig:
+    """GPT-Eval of one model: its completions of the evaluation prompts, graded by an LLM judge."""
     model_dir: str
+    """run or model directory"""
     judge_model: str
-    judge_url: str = "https://api.openai.com/v1"
-    api_key_env: str = "OPENAI_API_KEY"
-    prompts: str | None = None          # None: the authors' file from the hub
-    template: str | None = None         # None: the packaged template
-    samples: int = 10                   # completions per prompt
+    """judge model name"""
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    """the judge's server, template, retries and cache (the template default: resources/gpt_eval_judge.yaml)"""
+    prompts: str | None = None
+    """YAML list of story beginnings (default: 'Evaluation prompts.yaml' from the hub dataset roneneldan/TinyStories)"""
+    samples: int = 10
+    """completions per prompt"""
     temperature: float = 1.0
+    """sampling temperature of the completions"""
     max_new_tokens: int = 300
+    """longest completion, in tokens"""
     seed: int = 0
-    limit: int | None = None            # only the first N prompts (a quick look)
-    concurrency: int = 8
-    timeout: float = 60.0
-    max_retries: int = 5
-    backoff: float = 1.0                # first retry wait (s), doubling
-    parse_retries: int = 2
-    cache: str | None = None            # None: <cache dir>/gpt-eval.jsonl; "" disables the cache
-    out: str | None = None              # None: MODEL_DIR/eval
+    """seed of the completions"""
+    limit: int | None = None
+    """only the first N prompts (a quick look)"""
+    out: str | None = None
+    """report directory (default MODEL_DIR/eval)"""
     device: str = "auto"
+    """auto | cpu | cuda | cuda:N | mps"""
 
 
 # ------------------------------------------------------------------ prompts
@@ -126,13 +133,10 @@ def gpt_eval(cfg: GptEvalConfig) -> dict:
         prompts = prompts[:cfg.limit]
     if cfg.samples < 1:
         raise UserError(f"--samples must be at least 1, got {cfg.samples}")
-    template = JudgeTemplate.load(cfg.template)
-    cache_path = None if cfg.cache == "" else Path(cfg.cache or default_cache_dir() / "gpt-eval.jsonl")
-    cache = JsonlCache(cache_path)
-    client = ChatClient(cfg.judge_url, cfg.judge_model, api_key_env=cfg.api_key_env, timeout=cfg.timeout,
-                        max_retries=cfg.max_retries, concurrency=cfg.concurrency, backoff=cfg.backoff,
-                        what="judge")
-    judge = Judge(client, template, cache, parse_retries=cfg.parse_retries)
+    template = JudgeTemplate.load(cfg.judge.template)
+    cache = JsonlCache(cfg.judge.cache_file("gpt-eval.jsonl"))
+    client = cfg.judge.client(cfg.judge_model, what="judge")
+    judge = Judge(client, template, cache, parse_retries=cfg.judge.parse_retries)
     weights = model_fingerprint(model_dir)
 
     completions = complete_prompts(cfg, model_dir, weights, prompts, cache)

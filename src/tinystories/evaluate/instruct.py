@@ -14,7 +14,7 @@ model trained on plain stories, scored against the same instructions.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..data.instruct.evalset import EVAL_SET_FILE, eval_prompt, exercise_text, load_instructions
@@ -22,36 +22,49 @@ from ..data.instruct.records import InstructRecord, format_instructions, format_
 from .adherence import adherence
 from ..data.instruct.words import lemma
 from ..errors import UserError
+from ..llm.config import JudgeConfig, flat_keywords
 from ..runtime.console import progress
 from .common import check_model_dir, fmt, mean_ci, model_fingerprint, report_dir, write_report
 
 JUDGE_TEMPLATE = "instruct_judge.yaml"
 
 
+@flat_keywords("judge", {"judge_url": "url", "api_key_env": "key_env", "concurrency": "concurrency",
+                         "timeout": "timeout", "max_retries": "retries", "backoff": "backoff",
+                         "cache": "cache", "template": "template", "parse_retries": "parse_retries"})
 @dataclass
 class InstructEvalConfig:
+    """Instruction following of one model: stories for instruction sets, scored (and judged with judge_model)."""
     model_dir: str
-    instructions: str | None = None     # None: the packaged 50 sets
-    plain: bool = False                 # prompt with the story start only (the plain-model baseline)
-    samples: int = 10                   # stories per instruction set (GPT-Eval's 10)
+    """run or model directory"""
+    instructions: str | None = None
+    """instruction sets in the record format, `Story:` optional (default: the packaged 50)"""
+    plain: bool = False
+    """prompt with each set's story start only, no instruction lines (the plain-model baseline)"""
+    samples: int = 10
+    """stories per instruction set (GPT-Eval's 10)"""
     temperature: float = 1.0
+    """sampling temperature"""
     top_k: int | None = None
+    """sample from the K most likely tokens"""
     max_new_tokens: int = 300
+    """longest story, in tokens"""
     seed: int = 0
-    limit: int | None = None            # only the first N sets
+    """seed of the stories"""
+    limit: int | None = None
+    """only the first N instruction sets"""
     batch_size: int = 32
-    judge_model: str | None = None      # None: no judge, adherence metrics only
-    judge_url: str = "https://api.openai.com/v1"
-    api_key_env: str = "OPENAI_API_KEY"
-    template: str | None = None         # None: the packaged instruct template
-    concurrency: int = 8
-    timeout: float = 60.0
-    max_retries: int = 5
-    parse_retries: int = 2
-    cache: str | None = None            # None: <cache dir>/instruct-eval.jsonl; "" disables the cache
-    out: str | None = None              # None: MODEL_DIR/eval
+    """rows decoded at once"""
+    judge_model: str | None = None
+    """judge model name; without it, only the adherence metrics are computed"""
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    """the judge's server, template (default: resources/instruct_judge.yaml), retries and cache"""
+    out: str | None = None
+    """report directory (default MODEL_DIR/eval)"""
     device: str = "auto"
-    words_probe: str | None = None      # instruct records: also run `words_line_probe` on them
+    """auto | cpu | cuda | cuda:N | mps"""
+    words_probe: str | None = None
+    """instruct records the model did not train on (e.g. built from the validation stories): also report how much likelier each story is after its own Words line than after another record's, in nats (against a plain model's number: any model is primed by words in its context)"""
 
 
 def set_seed(seed: int, prompt: str) -> int:
@@ -137,19 +150,17 @@ def evaluate_instruct(cfg: InstructEvalConfig) -> dict:
 def _judge(cfg: InstructEvalConfig):
     from importlib import resources
 
-    from ..llm.client import ChatClient
-    from ..llm.cache import JsonlCache, default_cache_dir
+    from ..llm.cache import JsonlCache
     from ..llm.judge import Judge, JudgeTemplate
 
-    if cfg.template is None:
+    if cfg.judge.template is None:
         path = resources.files("tinystories").joinpath("resources", JUDGE_TEMPLATE)
         template = JudgeTemplate.load(str(path))
     else:
-        template = JudgeTemplate.load(cfg.template)
-    cache_path = None if cfg.cache == "" else Path(cfg.cache or default_cache_dir() / "instruct-eval.jsonl")
-    client = ChatClient(cfg.judge_url, cfg.judge_model, api_key_env=cfg.api_key_env, timeout=cfg.timeout,
-                        max_retries=cfg.max_retries, concurrency=cfg.concurrency, what="judge")
-    return Judge(client, template, JsonlCache(cache_path), parse_retries=cfg.parse_retries)
+        template = JudgeTemplate.load(cfg.judge.template)
+    client = cfg.judge.client(cfg.judge_model, what="judge")
+    return Judge(client, template, JsonlCache(cfg.judge.cache_file("instruct-eval.jsonl")),
+                 parse_retries=cfg.judge.parse_retries)
 
 
 def summarize(per_set: list[dict], categories: list[str]) -> dict:

@@ -24,13 +24,21 @@ from .common import check_model_dir, model_fingerprint, report_dir, write_report
 
 @dataclass
 class LossConfig:
+    """Cross-entropy of one model on a text source or a DATA_DIR split."""
     model_dir: str
+    """run or model directory"""
     data: str
-    split: str = "val"                 # which .bin of a DATA_DIR
+    """any source `prepare` accepts (.txt, .json, .jsonl, .parquet, hub name) or a DATA_DIR"""
+    split: str = "val"
+    """split of a DATA_DIR to score"""
     batch_size: int = 8
-    max_tokens: int | None = None      # score only the first N tokens
+    """sequences per forward pass"""
+    max_tokens: int | None = None
+    """score only the first N tokens"""
     out: str | None = None
+    """report directory (default MODEL_DIR/eval)"""
     device: str = "auto"
+    """auto | cpu | cuda | cuda:N | mps"""
 
 
 def is_data_dir(path: str | Path) -> bool:
