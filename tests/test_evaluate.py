@@ -29,34 +29,12 @@ def write_txt(path, stories):
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A 2-layer model (context 128) with a 512-token BPE, trained for a few seconds on real stories so that
-    its completions share words and bigrams with the training text (Rouge values are not all zero)."""
-    import torch
-
-    from tinystories.model.config import ModelConfig
-    from tinystories.model.gpt_neo import GPTNeo
-    from tinystories.model.modeldir import save_model
-    from tinystories.data.tokenizer import train_bpe
-
-    stories = read_stories(TRAIN_TXT, 300)
-    tok = train_bpe(stories, vocab_size=512)
-    torch.manual_seed(0)
-    model = GPTNeo(ModelConfig(vocab_size=tok.vocab_size, context=128, hidden=32, layers=2, heads=2, window=16))
-    ids = torch.tensor([t for enc in tok.encode_batch(stories) for t in enc + [tok.eot_id]])
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    g = torch.Generator().manual_seed(0)
-    model.train()
-    for _ in range(150):
-        starts = torch.randint(0, len(ids) - 33, (16,), generator=g)
-        batch = torch.stack([ids[s:s + 33] for s in starts])
-        loss = model(batch[:, :-1], targets=batch[:, 1:])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
+def tiny(tiny_model, tmp_path_factory):
+    """A copy of the shared tiny run (conftest: 2 layers of 64, trained by `train()` on real stories), so that its
+    completions share words and bigrams with the training text (Rouge values are not all zero). A copy, because
+    these tests write reports into the model directory."""
     d = tmp_path_factory.mktemp("tiny") / "model"
-    save_model(d, model, tok)
+    shutil.copytree(tiny_model, d, ignore=shutil.ignore_patterns("checkpoints", "eval", "*.lock"))
     return d
 
 
@@ -231,8 +209,13 @@ def test_loss_streamed_equals_one_pass_and_bpb_by_definition(tiny, tiny_data, tm
     assert part["tokens_scored"] == 1000 and part["nats_per_token"] == pytest.approx(want_part.mean, rel=1e-6)
 
     # a DATA_DIR made with another tokenizer is refused
+    from tinystories.data.prepare import prepare
+
+    other = tmp_path / "other_data"
+    prepare([str(write_txt(tmp_path / "few.txt", read_stories(TRAIN_TXT, 60)))], other, tokenizer="bpe",
+            vocab_size=300, val=[str(data)])
     with pytest.raises(UserError, match="different tokenizer"):
-        evaluate_loss(LossConfig(str(tiny), str(tiny_data), device="cpu"))
+        evaluate_loss(LossConfig(str(tiny), str(other), device="cpu"))
 
 
 def test_loss_on_a_data_dir_equals_loss_on_its_source(tiny_data, tmp_path):
