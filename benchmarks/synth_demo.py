@@ -24,13 +24,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from tinystories.data.instruct.words import split_sentences  # noqa: E402
-from tinystories.data.sources import iter_stories  # noqa: E402
-from tinystories.data.synth.report import diversity, markdown, word_usage  # noqa: E402
-from tinystories.data.synth.runner import SynthConfig, run  # noqa: E402
-from tinystories.data.synth.vocab import load_vocabulary  # noqa: E402
-from tinystories.evaluate.diversity import diversity_metrics  # noqa: E402
-from tinystories.llm.config import LLMConfig  # noqa: E402
+from tinystories.data.instruct.words import split_sentences
+from tinystories.data.sources import iter_stories
+from tinystories.data.synth.report import diversity, markdown, word_usage
+from tinystories.data.synth.runner import SynthConfig, run
+from tinystories.data.synth.vocab import load_vocabulary
+from tinystories.evaluate.diversity import diversity_metrics
+from tinystories.llm.config import LLMConfig
 
 SHARED = REPO.parent / "shared" / "data" / "tinystories"
 _ASKED = re.compile(r'verb "([^"]+)", the noun "([^"]+)" and the adjective "([^"]+)"')
@@ -88,7 +88,7 @@ def main() -> int:
     ap.add_argument("--out", default="/tmp/synth_demo/stories.jsonl")
     args = ap.parse_args()
     srv = StandIn()
-    sim = lambda stories: diversity_metrics(stories, [])["r"]  # noqa: E731
+    sim = lambda stories: diversity_metrics(stories, [])["r"]
     cfg = SynthConfig(out=args.out, n=args.n, model="stand-in", seed=0, force=True, instruct=True,
                       llm=LLMConfig(url=f"http://127.0.0.1:{srv.server_address[1]}/v1", concurrency=8))
     t = time.perf_counter()

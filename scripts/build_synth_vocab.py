@@ -31,18 +31,21 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from tinystories.data.instruct.words import _STOP, lexicon_lemmas, pos_of, word_tokens  # noqa: E402
-from tinystories.data.sources import iter_stories  # noqa: E402
+from tinystories.data.instruct.words import _STOP, lexicon_lemmas, pos_of, word_tokens
+from tinystories.data.sources import iter_stories
 
 SHARED = REPO.parent / "shared" / "data" / "tinystories"
 SOURCES = ["TinyStories-train-head.txt", "TinyStoriesV2-GPT4-train-head.txt", "tinystories-sample-3000.json"]
 # Spellings the lexicon files as adjectives that a story cannot be asked to "use" as one.
-_ODD = set("two second often less inside front top worth near entire everyday".split())
+_ODD = {"two", "second", "often", "less", "inside", "front", "top", "worth", "near", "entire", "everyday"}
 TAGS = {"VERB": "verb", "NOUN": "noun", "ADJ": "adjective"}
 
-_VERB_BEFORE = set("to will can could would should did didnt dont doesnt cant wont must lets not".split())
-_NOUN_BEFORE = set("a an the my his her their your our its this that these those some".split())
-_ADJ_BEFORE = set("very so too really more most was were is are felt feel looked seemed".split())
+_VERB_BEFORE = {"to", "will", "can", "could", "would", "should", "did", "didnt", "dont", "doesnt", "cant", "wont",
+                "must", "lets", "not"}
+_NOUN_BEFORE = {"a", "an", "the", "my", "his", "her", "their", "your", "our", "its", "this", "that", "these",
+                "those", "some"}
+_ADJ_BEFORE = {"very", "so", "too", "really", "more", "most", "was", "were", "is", "are", "felt", "feel", "looked",
+               "seemed"}
 
 
 def _entries(tok: str) -> dict[str, tuple[str, ...]]:
@@ -134,7 +137,7 @@ def compare(words: set[str]) -> None:
     print(f"valid file: {len(types)} content lemmas, {sum(types.values())} uses; the list covers "
           f"{sum(w in words for w in types)} lemmas ({sum(w in words for w in types) / len(types):.1%}) and "
           f"{covered / sum(types.values()):.1%} of uses")
-    paper = "decorate thunder ancient disagree network beautiful perform cold come road sad".split()
+    paper = ["decorate", "thunder", "ancient", "disagree", "network", "beautiful", "perform", "cold", "come", "road", "sad"]
     print(f"the paper's example words in the list: {sum(w in words for w in paper)}/{len(paper)} "
           f"(missing: {', '.join(w for w in paper if w not in words) or 'none'})")
 
@@ -153,8 +156,8 @@ def main() -> int:
         "# The vocabulary of `tinystories synth`: one word and its part of speech (verb, noun, adjective) a line.",
         "# Built by scripts/build_synth_vocab.py from the words of the shared TinyStories training files,",
         "# lemminflect's parts of speech and wordfreq's English frequencies (see the script).",
-        f"# {len(rows)} words: {counts['verb']} verbs, {counts['noun']} nouns, {counts['adjective']} adjectives;"
-        f" settings --size {args.size} --min-zipf {args.min_zipf} --min-df {args.min_df}.",
+        (f"# {len(rows)} words: {counts['verb']} verbs, {counts['noun']} nouns, {counts['adjective']} adjectives;"
+         f" settings --size {args.size} --min-zipf {args.min_zipf} --min-df {args.min_df}."),
     ]
     body = [f"{w} {tag}" for tag in ("verb", "noun", "adjective") for w, t, _ in sorted(rows) if t == tag]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

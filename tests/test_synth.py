@@ -9,7 +9,6 @@ show the same counts.
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -21,14 +20,14 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
-
 from conftest import LocalServer, cli_env, run_cli
+
+from tinystories.cli import main
 from tinystories.data.instruct.records import parse_record, split_records
 from tinystories.data.synth.draw import draw
 from tinystories.data.synth.gates import check
 from tinystories.data.synth.runner import SynthConfig, read_ledger, run
 from tinystories.data.synth.vocab import load_vocabulary, parse_vocabulary
-from tinystories.cli import main
 from tinystories.errors import UserError
 from tinystories.llm.config import LLMConfig
 
@@ -197,7 +196,7 @@ def one_line_error(result: tuple[int, str, str], *needles: str) -> None:
 
 def _cfg(srv, out, **kw) -> SynthConfig:
     llm = LLMConfig(url=srv.url, concurrency=kw.pop("concurrency", 3), timeout=0.5, retries=4)
-    base = dict(out=str(out), n=12, model="test-model", seed=3, min_words=20, llm=llm)
+    base = {"out": str(out), "n": 12, "model": "test-model", "seed": 3, "min_words": 20, "llm": llm}
     return SynthConfig(**{**base, **kw})
 
 

@@ -27,9 +27,10 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import TypeVar
 
 from ..errors import UserError
 
@@ -151,7 +152,7 @@ class ChatClient:
                 raw = self._read(resp, deadline)
         except urllib.error.HTTPError as e:
             raise self._http_error(e) from None
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             self._count("timeouts")
             raise _Retryable(f"no reply within {self.timeout:g}s") from None
         except urllib.error.URLError as e:

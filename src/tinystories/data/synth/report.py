@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from typing import Callable
+from collections.abc import Callable
 
 from ..instruct.words import word_forms, word_tokens
 from .gates import REASONS
@@ -93,20 +93,18 @@ def markdown(report: dict) -> str:
     lines += ["", "| this run, on the wire | count |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in report["this_run"].items()]
     t = report["tokens"]
-    lines += ["", f"Tokens (all runs): {t['prompt']:,} prompt + {t['completion']:,} completion"
-              + (f"; cost {t['cost']:.4f}" if "cost" in t else "") + ".", "",
+    cost = f"; cost {t['cost']:.4f}" if "cost" in t else ""
+    once = d["once_upon_a_time_share"]
+    asks = d["asks_per_asked_word"]
+    lines += ["", f"Tokens (all runs): {t['prompt']:,} prompt + {t['completion']:,} completion{cost}.", "",
               "| diversity | value |", "|---|---|",
-              f"| vocabulary words asked for (of {d['vocabulary_words']}) | {d['asked_distinct']} "
-              f"({d['asked_share']:.1%}) |",
-              f"| asks per asked word (mean / max) | {d['asks_per_asked_word']['mean']:.2f} / "
-              f"{d['asks_per_asked_word']['max']} |",
+              f"| vocabulary words asked for (of {d['vocabulary_words']}) | {d['asked_distinct']} ({d['asked_share']:.1%}) |",
+              f"| asks per asked word (mean / max) | {asks['mean']:.2f} / {asks['max']} |",
               f"| vocabulary words used by some kept story | {d['used_distinct']} ({d['used_share']:.1%}) |",
-              f"| stories opening with \"Once upon a time\" | "
-              f"{'-' if d['once_upon_a_time_share'] is None else format(d['once_upon_a_time_share'], '.1%')} |"]
+              f"| stories opening with \"Once upon a time\" | {'-' if once is None else format(once, '.1%')} |"]
     r = d["rouge2_self_similarity"]
     if r:
-        lines += [f"| max Rouge-2 F to another story, mean / max ({r['stories']} stories) | "
-                  f"{_f(r['mean'])} / {_f(r['max'])} |",
+        lines += [f"| max Rouge-2 F to another story, mean / max ({r['stories']} stories) | {_f(r['mean'])} / {_f(r['max'])} |",
                   f"| stories with a max Rouge-2 F above 0.5 | {r['share_above_0.5']:.1%} |"]
     if d["most_used"]:
         lines += ["", "Most used vocabulary words (stories): "

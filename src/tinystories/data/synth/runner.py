@@ -20,10 +20,11 @@ import itertools
 import json
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 from ...errors import UserError
 from ...llm.cache import JsonlCache, key
@@ -108,9 +109,9 @@ class Paths:
     report_json: Path
 
     @classmethod
-    def of(cls, out: str | Path, fmt: str) -> "Paths":
+    def of(cls, out: str | Path, fmt: str) -> Paths:
         out = Path(out)
-        side = lambda s: out.with_name(out.name + s)  # noqa: E731
+        side = lambda s: out.with_name(out.name + s)
         return cls(out, out if fmt == "jsonl" else side(".records.jsonl"), side(".rejects.jsonl"),
                    side(".calls.jsonl"), side(".synth.json"), side(".report.md"), side(".report.json"))
 
@@ -300,7 +301,7 @@ def run(cfg: SynthConfig, similarity: Callable[[list[str]], list[float]] | None 
     return report
 
 
-def _loop(cfg: SynthConfig, job: "_Job", tally: Tally, budget: _Budget, paths: Paths,
+def _loop(cfg: SynthConfig, job: _Job, tally: Tally, budget: _Budget, paths: Paths,
           begin_writing: Callable[[], None]) -> str | None:
     """Keep cfg.concurrency stories in flight, never more than are still missing; record each as it finishes.
     Returns None when --n stories are kept, else the budget message. A UserError from a call stops new work;
