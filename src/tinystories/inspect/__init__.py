@@ -1,0 +1,1 @@
+"""`tinystories inspect`: attention heads and MLP neurons of any model directory (paper section 5)."""
