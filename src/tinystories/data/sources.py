@@ -197,7 +197,7 @@ def _text_chunks(path: Path, on_bytes: OnBytes) -> Iterator[str]:
                                 f"convert it to UTF-8") from None
             if "\x00" in text:
                 raise UserError(f"{path}: looks like a binary file (it has NUL bytes), not text")
-            if first:
+            if first and text:  # (a tiny read can decode to nothing: the mark may come in the next one)
                 text = text.removeprefix("\ufeff")  # a UTF-8 byte-order mark is not part of the story
                 first = False
             offset += len(raw)

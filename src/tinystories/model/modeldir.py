@@ -67,6 +67,9 @@ def read_config(directory: str | Path) -> tuple[str, dict]:
         cfg = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise UserError(f"{path}: expected a JSON object, found {type(cfg).__name__}; "
+                        f"the file is damaged or not a model's config")
     if cfg.get("format") == FORMAT:
         return "ours", cfg
     if cfg.get("model_type") == "gpt_neo":

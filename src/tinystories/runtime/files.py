@@ -81,7 +81,7 @@ def atomic_dir(path: str | os.PathLike, force: bool = False, option: str = "--ou
         raise UserError(f"{option} {path} already exists; pass --force to replace it")
     if path.parent.exists() and not path.parent.is_dir():
         raise UserError(f"{option} {path}: {path.parent} is a file, not a directory; pick another path")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    made = _make_parents(path)
     remove_stale_siblings(path)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=_tmp_prefix(path), suffix=".tmp"))
     try:
@@ -104,7 +104,21 @@ def atomic_dir(path: str | os.PathLike, force: bool = False, option: str = "--ou
         fsync_dir(path.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        for d in made:  # a failed run leaves no trace, not even the directories it made for its output
+            with contextlib.suppress(OSError):
+                d.rmdir()
         raise
+
+
+def _make_parents(path: Path) -> list[Path]:
+    """mkdir -p path.parent; returns the directories it created, deepest first."""
+    made = []
+    d = path.parent
+    while not d.exists():
+        made.append(d)
+        d = d.parent
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return made
 
 
 # ---------------------------------------------------------------- outputs apart from inputs
