@@ -76,6 +76,7 @@ class SynthServer(LocalServer):
         self.status = None                    # answer everything with this HTTP status
         self.active = 0                       # requests past the gate, not finished
         self.refuse_summaries: set[int] = set()   # summary request numbers answered with a refusal
+        self.no_usage = False                 # leave out the token usage
         self.start()
 
 
@@ -146,8 +147,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _reply(self, prompt, text, story=False):
         srv: SynthServer = self.server
         usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": len(text.split())}
-        self._send(200, {"object": "chat.completion", "choices": [{"index": 0, "finish_reason": "stop",
-                   "message": {"role": "assistant", "content": text}}], "usage": usage})
+        reply = {"object": "chat.completion", "choices": [{"index": 0, "finish_reason": "stop",
+                 "message": {"role": "assistant", "content": text}}], "usage": usage}
+        if srv.no_usage:
+            del reply["usage"]
+        self._send(200, reply)
         with srv.lock:
             srv.usage[0] += usage["prompt_tokens"]
             srv.usage[1] += usage["completion_tokens"]
@@ -320,6 +324,9 @@ def test_budget_stops_before_it_is_spent(server, vocab_file, tmp_path, capsys):
               "--vocab", vocab_file, "--min-words", 20, "--max-cost", "0.001", "--price-in", "1", "--price-out", "2")
     one_line_error(got, "--max-cost 0.001 would be exceeded")
     assert "| kept |" in got[1]
+    srv.no_usage = True                               # a budget needs the server's usage
+    with pytest.raises(UserError, match="reports no token usage"):
+        run(_cfg(srv, tmp_path / "d.jsonl", vocab=str(vocab_file), max_tokens=1500))
 
 
 def test_synth_prepare_train_generate(server, tmp_path, capsys):
@@ -343,7 +350,7 @@ def test_instruct_records_go_into_prepare(server, vocab_file, tmp_path, capsys):
     srv.refuse_summaries = {2}
     out = tmp_path / "i.txt"
     assert cli(capsys, "synth", "--out", out, "--n", 8, "--llm-url", srv.url, "--llm-model", "m", "--min-words", 20,
-               "--instruct", "--format", "txt", "--vocab", vocab_file)[0] == 0
+               "--instruct", "--format", "txt", "--vocab", vocab_file, "--language", "Simple English")[0] == 0
     assert srv.did["summary"] == 9 and srv.did["story_requests"] == 9
     assert [r["reason"] for r in read_ledger(Path(f"{out}.rejects.jsonl"))] == ["bad_summary"]
     recs = [parse_record(t) for t in split_records(out.read_text())]
@@ -352,6 +359,7 @@ def test_instruct_records_go_into_prepare(server, vocab_file, tmp_path, capsys):
     assert all(set(r.words) <= set(ALL_WORDS) for r in recs) and any(r.words for r in recs)
     ledger = read_ledger(Path(f"{out}.records.jsonl"))
     assert all(r["text"] == r["instruct"] and r["summary"] for r in ledger)
+    assert all(" in Simple English." in r["prompt"] and r["language"] == "Simple English" for r in ledger)
     assert cli(capsys, "prepare", out, "--out", tmp_path / "d", "--vocab-size", 300, "--val-fraction", "0.2")[0] == 0
 
 
@@ -369,6 +377,7 @@ def test_bad_input_is_one_line_and_writes_nothing(server, vocab_file, tmp_path, 
         ([*with_url, "--n", 2, "--vocab", tmp_path / "nonoun.txt"], ["--vocab", "has no nouns"]),
         ([*with_url, "--n", 2, "--template", tmp_path / "t.yaml"], ["--template", "{noun}"]),
         ([*with_url, "--n", 2, "--max-cost", 1], ["--max-cost needs --price-in"]),
+        ([*with_url, "--n", 2, "--vocab", vocab_file, "--out", vocab_file, "--force"], ["--out", "is the input"]),
         ([*base, "--llm-url", "http://127.0.0.1:9/v1", "--n", 2], ["cannot connect", "failed after 2 tries"]),
     ]
     (tmp_path / "empty.txt").write_text("# nothing\n\n")

@@ -31,7 +31,7 @@ from ...llm.cache import JsonlCache, key
 from ...llm.client import ChatClient
 from ...llm.config import LLMConfig
 from ...runtime.console import progress
-from ...runtime.files import atomic_write_json, atomic_write_text
+from ...runtime.files import atomic_write_json, atomic_write_text, check_apart
 from ..instruct.records import EOT, format_record
 from ..sources import story_hash
 from .draw import Draw, draw, instruct_record
@@ -235,6 +235,7 @@ def validate(cfg: SynthConfig) -> tuple[Vocabulary, Template]:
     out = Path(cfg.out)
     if out.is_dir():
         raise UserError(f"--out {out} is a directory; give a file name")
+    check_apart(out, [cfg.vocab, cfg.template])
     return load_vocabulary(cfg.vocab), load_template(cfg.template)
 
 
@@ -375,6 +376,9 @@ class _Job:
         got = {"text": r.text, "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
                "finish_reason": r.finish_reason}
         self.calls.put(k, got)
+        if r.total_tokens == 0 and (self.cfg.max_tokens is not None or self.cfg.max_cost is not None):
+            raise UserError(f"LLM at {self.client.url} reports no token usage, so --max-tokens/--max-cost cannot "
+                            "be kept; drop the budget, or use a server that returns 'usage'")
         return got, True
 
     def __call__(self, index: int) -> tuple[dict, tuple[int, int]]:
