@@ -187,33 +187,22 @@ def test_cli_instruct_bad_input(tmp_path):
 
 @pytest.fixture(scope="module")
 def instruct_model(tmp_path_factory):
-    """A 2-layer model trained for a few seconds on instruct records built from real stories."""
-    import torch
+    """A 2-layer model trained for a few seconds, by the project's own `prepare` and `train()`, on instruct
+    records built from real stories."""
+    from tinystories.data.prepare import prepare
+    from tinystories.train.config import TrainConfig
+    from tinystories.train.loop import train
 
-    from tinystories.model.config import ModelConfig
-    from tinystories.model.gpt_neo import GPTNeo
-    from tinystories.model.modeldir import save_model
-    from tinystories.data.tokenizer import train_bpe
-
-    docs = [format_record(r) for r in build_records(read_stories(TRAIN_TXT, 300))]
-    tok = train_bpe(docs, vocab_size=512)
-    torch.manual_seed(0)
-    model = GPTNeo(ModelConfig(vocab_size=tok.vocab_size, context=256, hidden=32, layers=2, heads=2, window=32))
-    ids = torch.tensor([t for enc in tok.encode_batch(docs) for t in [tok.eot_id] + enc])
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    g = torch.Generator().manual_seed(0)
-    model.train()
-    for _ in range(40):
-        starts = torch.randint(0, len(ids) - 65, (8,), generator=g)
-        batch = torch.stack([ids[s:s + 65] for s in starts])
-        loss = model(batch[:, :-1], targets=batch[:, 1:])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    d = tmp_path_factory.mktemp("instruct") / "model"
-    save_model(d, model, tok)
-    return d
+    root = tmp_path_factory.mktemp("instruct")
+    records = root / "records.txt"
+    records.write_text("".join(format_record(r) + "\n<|endoftext|>\n" for r in build_records(read_stories(TRAIN_TXT, 300))),
+                       encoding="utf-8")
+    prepare([str(records)], root / "data", tokenizer="bpe", vocab_size=512, val_fraction=0.05)
+    out = root / "model"
+    train(TrainConfig(data=str(root / "data"), out=str(out), preset="1M", context=64, batch_size=8, max_steps=40,
+                      lr=3e-3, warmup_steps=4, threads=1, samples=0, eval_every=0, final_eval_tokens=2048,
+                      precision="fp32", model={"hidden": 32, "layers": 2, "heads": 2, "window": 32, "context": 256}))
+    return out
 
 
 def test_generate_builds_the_instruction_prompt(instruct_model):
