@@ -25,7 +25,7 @@ from conftest import LocalServer, cli_env, run_cli
 from tinystories.cli import main
 from tinystories.data.instruct.records import parse_record, split_records
 from tinystories.data.synth.draw import draw
-from tinystories.data.synth.gates import check
+from tinystories.data.synth.gates import GateConfig, check
 from tinystories.data.synth.runner import SynthConfig, read_ledger, run
 from tinystories.data.synth.vocab import load_vocabulary, parse_vocabulary
 from tinystories.errors import UserError
@@ -232,6 +232,7 @@ def test_gates():
     assert check(good, ("decorate", "lamp", "ancient")) == ("missing_word", ["lamp"])
     assert check("Short one.", words)[0] == "too_short"
     assert check(good, words, finish_reason="length")[0] == "cut_off"
+    assert check(good, ("saltar", "casa", "verde"), GateConfig(check_words=False)) == (None, [])
 
 
 # ---------------------------------------------------------------- end to end

@@ -22,6 +22,7 @@ class GateConfig:
     min_words: int = 60          # the paper's 3-5 paragraphs are ~150-400 words
     max_words: int = 1000
     reject_cut_off: bool = True  # a reply the server cut at max_tokens (finish_reason "length")
+    check_words: bool = True     # the matcher knows English inflections only
 
 
 def is_refusal(text: str) -> bool:
@@ -55,6 +56,8 @@ def check(story: str, words: tuple[str, ...], cfg: GateConfig = GateConfig(),
         return "too_long", []
     if text.translate(QUOTES).count('"') % 2:
         return "unbalanced_quotes", []
+    if not cfg.check_words:
+        return None, []
     lower = {t.lower() for t in tokens}
     missing = [w for w in words if not uses_word(w, lower)]
     return ("missing_word" if missing else None), missing

@@ -74,6 +74,9 @@ class SynthConfig:
     """shorter stories are rejected"""
     max_words: int = 1000
     """longer stories are rejected"""
+    check_words: bool = True
+    """reject a story that does not use the three words; the matcher knows English inflections (run: ran,
+    running), so for another language --no-check-words keeps stories that inflect them"""
     max_tokens: int | None = None
     """stop before the corpus's tokens (prompt + completion, as the server reports them) would pass this"""
     max_cost: float | None = None
@@ -95,7 +98,8 @@ class SynthConfig:
                 "vocab_sha256": vocab.sha256, "template_sha256": template.sha256,
                 "language": self.language or template.language, "instruct": self.instruct, "format": self.format,
                 "feature_prob": self.feature_prob, "temperature": self.temperature,
-                "story_tokens": self.story_tokens, "min_words": self.min_words, "max_words": self.max_words}
+                "story_tokens": self.story_tokens, "min_words": self.min_words, "max_words": self.max_words,
+                "check_words": self.check_words}
 
 
 @dataclass(frozen=True)
@@ -362,7 +366,7 @@ class _Job:
     def __init__(self, cfg: SynthConfig, vocab: Vocabulary, template: Template, client: ChatClient,
                  calls: JsonlCache, settings: dict):
         self.cfg, self.vocab, self.template, self.client, self.calls = cfg, vocab, template, client, calls
-        self.gates = GateConfig(min_words=cfg.min_words, max_words=cfg.max_words)
+        self.gates = GateConfig(min_words=cfg.min_words, max_words=cfg.max_words, check_words=cfg.check_words)
         self.meta = {"model": cfg.model, "seed": cfg.seed, "template_sha256": settings["template_sha256"],
                      "vocab_sha256": settings["vocab_sha256"], "language": settings["language"]}
 
