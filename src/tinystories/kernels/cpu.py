@@ -99,6 +99,7 @@ def _load():
                 lib.skinny_linear.argtypes = [P, I, P, P, P, I, I, I, I, I]
                 lib.skinny_linear_i8.argtypes = [P, I, P, P, P, P, I, I, I, I, I]
                 lib.decode_block.argtypes = [P, I, I, I, I, I, ctypes.POINTER(_Block), P, P, I, I, I, Fl, P, Fl, P, I]
+                lib.softmax_xent.argtypes = [P, P, P, I, I, Fl, P, I, I, I]
                 lib.decode_block_work.argtypes = [I, I, I, I, I]
                 lib.decode_block_work.restype = ctypes.c_long
                 _lib = lib
@@ -325,36 +326,68 @@ def decode_block(x: torch.Tensor, blk: _Block, heads: int, mlp: int, k_cache: to
 
 # ------------------------------------------------------------------------ lm_head + cross-entropy
 
+def softmax_xent(logits: torch.Tensor, targets: torch.Tensor, grad_scale: float, grads: bool,
+                 grad_dtype: torch.dtype) -> tuple[float, torch.Tensor | None]:
+    """(sum over rows with a target of logsumexp - logit[target], (softmax - onehot) * grad_scale in
+    `grad_dtype` with zero rows where the target is -1, or None) for logits [rows, V] (fp32 or bf16)."""
+    rows, V = logits.shape if logits.dim() == 2 else (-1, -1)
+    _check("xent logits", logits, (rows, V), _ATTENTION_DTYPES)
+    _check("xent targets", targets, (rows,), (torch.int64,))
+    if grad_dtype not in _ATTENTION_DTYPES:
+        raise ValueError(f"xent: gradient dtype must be fp32 or bf16, got {grad_dtype}")
+    if rows and (int(targets.max()) >= V or int(targets.min()) < -1):
+        raise ValueError(f"xent: targets must lie in [-1, {V}); got {int(targets.min())}..{int(targets.max())}")
+    if _load() is None:
+        raise RuntimeError("xent: the C kernels are unavailable here (check attention_available())")
+    grad = torch.empty(rows, V, dtype=grad_dtype) if grads else None
+    total = ctypes.c_double()
+    _lib.softmax_xent(logits.data_ptr(), targets.data_ptr(), grad.data_ptr() if grads else None, rows, V,
+                      grad_scale, ctypes.byref(total), torch.get_num_threads(), int(logits.dtype == torch.bfloat16),
+                      int(grad_dtype == torch.bfloat16))
+    return total.value, grad
+
+
+def _xent_torch(logits, targets, scale: float, grads: bool, dtype):
+    """softmax_xent's arithmetic in library ops (no C compiler)."""
+    logits = logits.float()
+    lse = torch.logsumexp(logits, dim=-1)
+    keep = targets != -1
+    safe = targets.clamp(min=0)
+    total = ((lse - logits.gather(1, safe[:, None])[:, 0]) * keep).sum(dtype=torch.float64).item()
+    if not grads:
+        return total, None
+    grad = logits.sub_(lse[:, None]).exp_()
+    grad.scatter_add_(1, safe[:, None], -keep[:, None].to(grad.dtype))
+    grad.mul_((keep.to(grad.dtype) * scale)[:, None])
+    return total, grad.to(dtype)
+
+
 def _lm_head_loss(x, weight, targets, rows: int, grads: bool, dtype: torch.dtype):
     """(mean loss, dx, dweight) computed a slice of rows at a time; no gradients unless `grads`.
 
     `dtype` is the matrix products' (fp32, or bf16 under bf16 autocast: bf16 operands, fp32 sums
     inside the library GEMM). The log-sum-exp, the softmax gradient and the weight gradient's
-    running sum stay fp32; dx comes back in x's dtype and dweight in the weight's."""
+    running sum are fp32; dx comes back in x's dtype and dweight in the weight's."""
     count = int((targets != -1).sum())
+    scale = 1.0 / max(count, 1)
+    xent = softmax_xent if attention_available() else _xent_torch
     w = weight.to(dtype)
     dx = torch.empty_like(x) if grads else None
     dw = torch.zeros(weight.shape, dtype=torch.float32) if grads else None
-    total = torch.zeros((), dtype=torch.float64)
+    total = 0.0
     for s in range(0, x.size(0), rows):
-        xs, ts = x[s:s + rows].to(dtype), targets[s:s + rows]
-        logits = (xs @ w.t()).float()                     # [rows, V]: stays in cache
-        lse = torch.logsumexp(logits, dim=-1)
-        keep = ts != -1
-        safe = ts.clamp(min=0)
-        total += ((lse - logits.gather(1, safe[:, None])[:, 0]) * keep).sum(dtype=torch.float64)
-        if grads:  # d loss / d logits = (softmax - onehot) / count; zero for ignored rows
-            grad = logits.sub_(lse[:, None]).exp_()
-            grad.scatter_add_(1, safe[:, None], -keep[:, None].to(grad.dtype))
-            grad.mul_((keep.to(grad.dtype) / max(count, 1))[:, None])
+        xs, ts = x[s:s + rows].to(dtype), targets[s:s + rows].contiguous()
+        logits = xs @ w.t()                              # [rows, V]
+        part, grad = xent(logits, ts, scale, grads, dtype)
+        total += part
+        if grads:
             if dtype == torch.float32:
                 torch.mm(grad, w, out=dx[s:s + rows])
                 dw.addmm_(grad.t(), xs)
             else:
-                grad = grad.to(dtype)
                 dx[s:s + rows] = grad @ w
                 dw += (grad.t() @ xs).float()
-    loss = (total / count).float() if count else x.new_tensor(float("nan"), dtype=torch.float32)
+    loss = x.new_tensor(total / count if count else float("nan"), dtype=torch.float32)
     return loss, dx, (dw.to(weight.dtype) if grads else None)
 
 

@@ -509,3 +509,45 @@ int decode_block(float *x, int B, int T, int C, int H, int F, const Block *blk, 
 long decode_block_work(int M, int C, int F, int S, int threads) {
     return (long)M * (6 * C + F) + (long)S * (threads > 0 ? threads : 1);
 }
+
+/* ------------------------------------------------------------------ softmax cross-entropy of a slice
+
+   For the chunked lm_head loss: logits [rows, V] (fp32 or bf16, `bf_in`) and targets (-1 =
+   ignored) -> the sum over kept rows of lse - logit[target], and, if grad is not NULL, grad =
+   (softmax - onehot) * gscale (fp32 or bf16, `bf_out`; zero rows for ignored targets). One row
+   (40 KB at V = 10K) stays in L2 across its three passes, where the library path reads and
+   writes the whole slice about ten times. */
+static double xent_row(const void *logits, size_t off, int V, int64_t t, void *grad, float gscale, int bf_in,
+                       int bf_out) {
+    float m = -INFINITY;
+    for (int j = 0; j < V; j++) { const float v = ld(logits, off + j, bf_in); m = v > m ? v : m; }
+    float s = 0.0f;
+    for (int j = 0; j < V; j++) s += exp_neg(ld(logits, off + j, bf_in) - m);
+    const float lse = m + logf(s);
+    if (grad) {
+        for (int j = 0; j < V; j++) st(grad, off + j, exp_neg(ld(logits, off + j, bf_in) - lse) * gscale, bf_out);
+        st(grad, off + t, (exp_neg(ld(logits, off + t, bf_in) - lse) - 1.0f) * gscale, bf_out);
+    }
+    return (double)lse - (double)ld(logits, off + t, bf_in);
+}
+
+int softmax_xent(const void *logits, const int64_t *targets, void *grad, int rows, int V, float gscale,
+                 double *loss_sum, int threads, int bf_in, int bf_out) {
+    double total = 0.0;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads > 0 ? threads : 1) schedule(static) reduction(+ : total)
+#else
+    (void)threads;
+#endif
+    for (int r = 0; r < rows; r++) {
+        const size_t off = (size_t)r * V;
+        const int64_t t = targets[r];
+        if (t < 0) {
+            if (grad) for (int j = 0; j < V; j++) st(grad, off + j, 0.0f, bf_out);
+            continue;
+        }
+        total += xent_row(logits, off, V, t, grad, gscale, bf_in, bf_out);
+    }
+    *loss_sum = total;
+    return 0;
+}
