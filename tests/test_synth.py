@@ -199,7 +199,7 @@ def one_line_error(result: tuple[int, str, str], *needles: str) -> None:
 
 
 def _cfg(srv, out, **kw) -> SynthConfig:
-    llm = LLMConfig(url=srv.url, concurrency=kw.pop("concurrency", 3), timeout=0.5, retries=4)
+    llm = LLMConfig(url=srv.url, concurrency=kw.pop("concurrency", 3), timeout=1.0, retries=4)
     base = {"out": str(out), "n": 12, "model": "test-model", "seed": 3, "min_words": 20, "llm": llm}
     return SynthConfig(**{**base, **kw})
 
@@ -238,7 +238,7 @@ def test_gates():
 # ---------------------------------------------------------------- end to end
 
 def test_synth_counts_equal_what_the_server_did(server, vocab_file, tmp_path):
-    srv = server(faults=FAULTS, cycle=12, hang_s=0.8)
+    srv = server(faults=FAULTS, cycle=12, hang_s=1.5)
     out = tmp_path / "stories.jsonl"
     report = run(_cfg(srv, out, vocab=str(vocab_file)), similarity=lambda s: [0.1] * len(s))
     d = srv.did
