@@ -44,10 +44,10 @@ def test_every_flag_is_a_field_and_every_field_a_flag(prog, cmd, capsys):
 
     import tyro
 
-    from tinystories.cli.command import _tyro_config
+    from tinystories.cli.command import _tyro_config, tyro_class
 
     with pytest.raises(SystemExit) as e:
-        tyro.cli(cmd.config_class(), args=["--help"], prog=prog, config=_tyro_config())
+        tyro.cli(tyro_class(cmd.config_class()), args=["--help"], prog=prog, config=_tyro_config())
     assert e.value.code == 0
     shown = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", capsys.readouterr().out)) - {"--help"}
     table = set(flag_table(cmd.config_class()))
@@ -83,9 +83,13 @@ def test_recipe_keys_count_as_given():
     (["tensorboard=maybe"], ("tensorboard must be true or false",)),
     (["lr"], ("expected key=value",)),
 ])
-def test_set_errors_are_one_line_naming_the_key(sets, needles, tmp_path):
+def test_set_errors_are_one_line_naming_the_key(sets, needles, tmp_path, capsys):
+    from tinystories.cli import main
+
     args = [a for s in sets for a in ("--set", s)]
-    assert_one_line_error(run_cli("train", "--data", tmp_path, "--out", tmp_path / "r", *args), *needles)
+    rc = main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "r"), *args])
+    err = capsys.readouterr().err
+    assert_one_line_error(subprocess.CompletedProcess([], rc, "", err), *needles)
 
 
 def test_set_values_are_typed():

@@ -46,8 +46,12 @@ def main(argv: list[str] | None = None) -> int:
         from .command import parse
 
         verb = argv[0]
-        cmd, cfg = parse(_module(verb).COMMAND, argv[1:], f"tinystories {verb}")
-        return _handle(verb, lambda: cmd.run(cfg))
+
+        def call():
+            cmd, cfg = parse(_module(verb).COMMAND, argv[1:], f"tinystories {verb}")
+            return cmd.run(cfg)
+
+        return _handle(verb, call)
     args = build_parser().parse_args(argv)
     return _handle(args.command, lambda: args.func(args))
 

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Annotated
 
-def add_parser(sub) -> None:
-    p = sub.add_parser(
-        "clean", help="remove the leftovers of killed runs (hidden .tmp siblings) under PATHs",
-        description="A killed prepare, export, train or generate can leave hidden temporary siblings "
-                    "(.NAME.PID.XXXXXXXX.tmp) beside its output; the next run on the same path removes "
-                    "them, and this command removes them everywhere under each PATH. Only names this "
-                    "package makes are touched, and only those whose process is gone (or, for older "
-                    "names without a process id, that have not changed for an hour). An output whose "
-                    "replacement was interrupted between its two renames is put back.")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="directories to search (recursively), or outputs")
-    p.add_argument("--dry-run", action="store_true", help="only list what would be removed")
-    p.set_defaults(func=run)
+from .command import Command, Positional, arg
+
+DESCRIPTION = ("A killed prepare, export, train or generate can leave hidden temporary siblings "
+               "(.NAME.PID.XXXXXXXX.tmp) beside its output; the next run on the same path removes them, and this "
+               "command removes them everywhere under each PATH. Only names this package makes are touched, and "
+               "only those whose process is gone (or, for older names without a process id, that have not changed "
+               "for an hour). An output whose replacement was interrupted between its two renames is put back.")
 
 
-def run(args) -> int:
+@dataclass
+class CleanArgs:
+    paths: Annotated[Positional[list[str]], arg(metavar="PATH")]
+    """directories to search (recursively), or outputs"""
+    dry_run: bool = False
+    """only list what would be removed"""
+
+
+def run(args: CleanArgs) -> int:
     from ..runtime.files import clean
 
     found = clean(args.paths, dry_run=args.dry_run)
@@ -29,6 +34,10 @@ def run(args) -> int:
     print(f"{rm} {len(removed)} leftover(s), {_size(sum(f.bytes for f in removed))}"
           + (f"; {back} {restored} interrupted output(s)" if restored else ""))
     return 0
+
+
+COMMAND = Command("clean", help="remove the leftovers of killed runs (hidden .tmp siblings) under PATHs",
+                  config=CleanArgs, run=run, description=DESCRIPTION)
 
 
 def _size(n: int) -> str:

@@ -4,8 +4,11 @@ The flags are generated from the dataclass by tyro, so a flag cannot exist witho
 way round. tyro and jsonargparse were measured on the same two-verb prototype (2 cores, load ~1):
 `VERB --help` took 0.37-0.40 s with tyro and 0.36-0.37 s with jsonargparse (0.15 s for hand-written
 argparse). They tie on speed; tyro keeps our spellings (--max-new-tokens, positional MODEL_DIR, nested
-blocks flattened), where jsonargparse spells fields --max_new_tokens and --judge.judge_url. `tinystories
---help` does not import tyro at all: the verb list is plain argparse.
+blocks flattened), where jsonargparse spells fields --max_new_tokens and --judge.judge_url.
+
+Verb modules mark fields with the light stand-ins here (`Positional[T]`, `arg(metavar=...)`,
+`UseAppendAction`), which `tyro_class` swaps for tyro's own when a verb runs: `tinystories --help` lists the
+verbs without importing tyro (~0.13 s of imports).
 
 A field's help is its docstring (the string under it); a shared block (llm/config.py, generate/options.py,
 ...) is a field whose type is that dataclass, and its flags carry no prefix. `view(...)` gives a config or block
@@ -19,12 +22,41 @@ import ast
 import dataclasses
 import functools
 import inspect
+import sys
 import textwrap
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Annotated, Any
+
+# ---------------------------------------------------------------- markers (tyro's, without importing tyro)
+
+@dataclass(frozen=True)
+class _Arg:
+    name: str | None = None
+    metavar: str | None = None
+    help: str | None = None
+
+
+@dataclass(frozen=True)
+class _Mark:
+    name: str  # a tyro.conf marker: Positional, Suppress, UseAppendAction, FlagCreatePairsOff
+
+
+def arg(*, name: str | None = None, metavar: str | None = None, help: str | None = None) -> _Arg:
+    """tyro.conf.arg: another flag name, the value's metavar, or help other than the field's docstring."""
+    return _Arg(name, metavar, help)
+
+
+class _Positional:
+    def __getitem__(self, hint):
+        return Annotated[hint, POSITIONAL]
+
+
+POSITIONAL, SUPPRESS = _Mark("Positional"), _Mark("Suppress")
+UseAppendAction, FlagCreatePairsOff = _Mark("UseAppendAction"), _Mark("FlagCreatePairsOff")
+Positional = _Positional()  # Positional[str]: a positional argument (MODEL_DIR), not a --flag
 
 
 @dataclass(frozen=True)
@@ -66,10 +98,55 @@ def parse(cmd: Command, argv: list[str], prog: str) -> tuple[Command, Any]:
         raise SystemExit(2)
     import tyro
 
-    config = cmd.config_class()
+    config = tyro_class(cmd.config_class())
     cfg = tyro.cli(config, args=argv, prog=prog, description=cmd.description or cmd.help, config=_tyro_config())
+    _require_positional_lists(config, cfg, prog)
     object.__setattr__(cfg, "_given", frozenset(given_in(config, argv)))
     return cmd, cfg
+
+
+@functools.cache
+def tyro_class(config: type) -> type:
+    """`config` with our markers swapped for tyro's and each field's docstring as its help: a subclass, so
+    that the parsed config is a `config` (and nested blocks likewise)."""
+    import tyro
+
+    hints = typing.get_type_hints(config, include_extras=True)
+    docs = field_docs(config)
+    fields, changed = [], False
+    for f in dataclasses.fields(config):
+        base, marks = _unwrap(hints[f.name])
+        new_base = tyro_class(base) if dataclasses.is_dataclass(base) else base
+        a = next((m for m in marks if _is_arg(m)), _Arg())  # ours, or tyro.conf.arg written directly
+        tmarks = [tyro.conf.arg(name=a.name, metavar=a.metavar, help=a.help or docs.get(f.name))]
+        tmarks += [getattr(tyro.conf, m.name) for m in marks if isinstance(m, _Mark)]
+        tmarks += [m for m in marks if not isinstance(m, _Mark) and not _is_arg(m)]
+        changed = changed or new_base is not base or len(marks) > 0 or f.name in docs
+        if f.default_factory is not dataclasses.MISSING:
+            factory = new_base if f.default_factory is base and new_base is not base else f.default_factory
+            spec = dataclasses.field(default_factory=factory, kw_only=f.kw_only)
+        elif f.default is not dataclasses.MISSING:
+            spec = dataclasses.field(default=f.default, kw_only=f.kw_only)
+        else:
+            spec = dataclasses.field(kw_only=f.kw_only)
+        fields.append((f.name, Annotated[(new_base, *tmarks)], spec))
+    if not changed:
+        return config
+    return dataclasses.make_dataclass(config.__name__, fields, bases=(config,))
+
+
+def _require_positional_lists(config: type, cfg: Any, prog: str) -> None:
+    """tyro accepts zero values for a positional list (SOURCE...) even without a default; argparse did not."""
+    hints = typing.get_type_hints(config, include_extras=True)
+    for f in dataclasses.fields(config):
+        base, marks = _unwrap(hints[f.name])
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if required and typing.get_origin(base) is list and any(_is_marker(m, "Positional") for m in marks) \
+                and not getattr(cfg, f.name):
+            name = next((m.metavar for m in marks if _is_arg(m) and m.metavar), f.name.upper())
+            print(f"usage: {prog} [-h] [OPTIONS] {name} [{name} ...]\n"
+                  f"{prog}: error: the following arguments are required: {name}", file=sys.stderr)
+            raise SystemExit(2)
 
 
 def _group_parser(cmd: Command, prog: str) -> argparse.ArgumentParser:
@@ -126,11 +203,12 @@ def _unwrap(hint: Any) -> tuple[Any, list]:
 
 
 def _is_marker(m: Any, name: str) -> bool:
-    return type(m).__module__.startswith("tyro") and repr(m) == name
+    """Ours (_Mark) or tyro's own marker of that name."""
+    return m == _Mark(name) or (type(m).__module__.startswith("tyro") and repr(m) == name)
 
 
 def _is_arg(m: Any) -> bool:
-    return type(m).__name__ == "_ArgConfig"
+    return isinstance(m, _Arg) or type(m).__name__ == "_ArgConfig"
 
 
 # ---------------------------------------------------------------- a config as one verb shows it
@@ -141,24 +219,21 @@ def view(config: type, *, names: dict[str, str] | None = None, metavars: dict[st
     """A subclass of the dataclass `config` whose fields keep their types, help and (unless given here)
     defaults, shown the way one verb shows them: `names` renames flags (view(LLMConfig, names={"url":
     "judge-url"}) makes --judge-url), `metavars` names their values, `positional` fields take no dashes,
-    fields in `hide` take no flag, fields in `required` lose their default, `types` swaps a block field for its own view, and keyword arguments
-    change defaults. Instances are instances of `config`, so the handler passes them on as they are.
+    fields in `hide` take no flag, fields in `required` lose their default, `types` swaps a block field
+    for its own view, and keyword arguments change defaults. Instances are instances of `config`, so the handler passes them on as they are.
     A bool field named no_* is one flag (--no-cache), not a pair."""
-    import tyro
-
     names, metavars, types = names or {}, metavars or {}, types or {}
     known = {f.name for f in dataclasses.fields(config)}
     for key in (*names, *metavars, *positional, *hide, *types, *required, *defaults):
         assert key in known, f"{config.__name__} has no field {key}"
     hints = typing.get_type_hints(config, include_extras=True)
-    docs = field_docs(config)
     fields = []
     for f in dataclasses.fields(config):
         hint = types.get(f.name, hints[f.name])
-        marks: list = [tyro.conf.arg(name=names.get(f.name), metavar=metavars.get(f.name), help=docs.get(f.name))]
-        marks += [tyro.conf.Suppress] if f.name in hide else []
-        marks += [tyro.conf.Positional] if f.name in positional else []
-        marks += [tyro.conf.FlagCreatePairsOff] if hint is bool and f.name.startswith("no_") else []
+        marks: list = [arg(name=names.get(f.name), metavar=metavars.get(f.name))]
+        marks += [SUPPRESS] if f.name in hide else []
+        marks += [POSITIONAL] if f.name in positional else []
+        marks += [FlagCreatePairsOff] if hint is bool and f.name.startswith("no_") else []
         if f.name in required:
             spec = dataclasses.field(kw_only=True)
         elif f.name in defaults:

@@ -8,9 +8,7 @@ import sys
 from dataclasses import dataclass
 from typing import Annotated
 
-from tyro.conf import Positional, arg
-
-from .command import Command, view
+from .command import Command, Positional, arg, view
 from .instruct import (
     INSTRUCT_EVAL_DESCRIPTION,
     evaluate_instruct_cli,

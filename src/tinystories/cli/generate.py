@@ -8,11 +8,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
-from tyro.conf import Positional, arg
-
 from ..data.instruct.options import Instructions
 from ..generate.options import Sampling
-from .command import Command, view
+from .command import Command, Positional, arg, view
 
 DESCRIPTION = ("Continue PROMPT (or, without one, start a story) with a model: our run/model directory or a "
                "transformers GPT-Neo directory. Stops at <|endoftext|> or --max-new-tokens. --prompts FILE takes "
@@ -48,8 +46,8 @@ class GenerateArgs:
     """rows decoded at once"""
     device: Annotated[str, arg(metavar="DEVICE")] = "auto"
     """auto, cpu, cuda, cuda:N or mps"""
-    dtype: Literal["fp32", "bf16"] = "fp32"
-    """weights and activations"""
+    dtype: Literal["auto", "fp32", "bf16"] = "fp32"
+    """weights and activations; auto: the faster here, measured once per machine and model"""
     instructions: InstructionFlags = field(default_factory=InstructionFlags)
     """TinyStories-Instruct (a model trained on `tinystories instruct build` records)"""
 
@@ -92,11 +90,12 @@ def run(args: GenerateArgs) -> int:
     import torch
 
     from ..generate import sampling as gen
+    from ..generate.dtype import choose_dtype
     from ..model.modeldir import load_model
     from ..runtime.device import resolve_device
 
-    model, tok = load_model(args.model_dir, resolve_device(args.device),
-                            torch.bfloat16 if args.dtype == "bf16" else torch.float32)
+    model, tok = load_model(args.model_dir, resolve_device(args.device), torch.float32)
+    model = model.to(choose_dtype(args.dtype, model, tok))
     s = args.sampling
     if s.seed is None and s.temperature > 0 and s.num_beams == 1:
         # reported, so that a run can be repeated

@@ -7,8 +7,6 @@ import os
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
-from tyro.conf import Positional, arg
-
 from ..data.instruct.build import (
     BuildConfig,
     build_records,
@@ -20,7 +18,7 @@ from ..data.instruct.evalset import check_disjoint, load_instructions
 from ..data.instruct.records import as_record
 from ..errors import UserError
 from ..llm.config import LLMConfig
-from .command import Command, view
+from .command import Command, Positional, arg, view
 
 # the LLM block as the summarizer shows it: --summarizer-url, --summary-cache, --no-cache, ...
 SummarizerFlags = view(LLMConfig, names={"url": "summarizer-url", "key_env": "summarizer-key-env",

@@ -6,9 +6,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Annotated
 
-from tyro.conf import Positional, arg
-
-from .command import Command
+from .command import Command, Positional, arg
 
 
 @dataclass

@@ -8,9 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
-from tyro.conf import UseAppendAction, arg
-
-from .command import Command
+from .command import Command, UseAppendAction, arg
 
 EXAMPLES = """Train a GPT-Neo model on a DATA_DIR from `tinystories prepare`. Settings come from the defaults,
 then --config, then the options here, then --set. Several GPUs: torchrun --nproc_per_node=K -m tinystories
