@@ -62,3 +62,49 @@ def test_auto_measures_once_per_shape_and_caches(tmp_path):
     other = choose_precision("auto", TINY, 4, 32, CPU, seconds=0.05, cache=cache, say=said.append)  # new batch
     assert not other.cached
     assert len(json.loads(cache.read_text())) == 2
+
+
+# --------------------------------------------------------------------------- generation's dtype
+
+PROMPTS = ["Once upon a time there was a little dog", "Tom and his mom went to the park. They"]
+
+
+def test_bf16_greedy_output_equals_fp32_up_to_a_near_tie(tiny_model):
+    """bf16 weights follow fp32's greedy tokens until fp32's top-2 logit gap is within bf16 rounding."""
+    import tinystories
+    from tinystories.generate.sampling import generate, prompt_ids
+
+    model, tok = tinystories.load(tiny_model)
+    bf = tinystories.load(tiny_model, dtype=torch.bfloat16)[0]
+    with torch.inference_mode():
+        for p in PROMPTS:
+            a = generate(model, tok, [p], max_new_tokens=40, temperature=0)[0][0].tokens
+            b = generate(bf, tok, [p], max_new_tokens=40, temperature=0)[0][0].tokens
+            i = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), None)
+            if i is None:
+                assert len(a) == len(b) or min(len(a), len(b)) == 40
+                continue
+            ids = torch.tensor([prompt_ids(tok, p) + a[:i]])
+            logits = model(ids)[0, -1]
+            top2 = logits.topk(2).values
+            gap = (top2[0] - top2[1]).item()
+            err = (bf(ids)[0, -1].float() - logits).abs().max().item()  # what bf16 moved the logits by here
+            assert gap <= 2 * err and gap < 2 ** -5 * logits.abs().max().item(), (p, i, gap, err)
+
+
+def test_generate_dtype_auto_measures_once_and_caches(tiny_model, tmp_path):
+    import tinystories
+    from tinystories.generate.dtype import choose_dtype
+
+    model, tok = tinystories.load(tiny_model)
+    said = []
+    cache = tmp_path / "generate_dtype.json"
+    assert choose_dtype("bf16", model, tok, cache=cache) == torch.bfloat16 and not cache.exists()
+    first = choose_dtype("auto", model, tok, cache=cache, say=said.append)
+    if not cpu_has_bf16():
+        assert first == torch.float32 and not said
+        return
+    assert first in (torch.float32, torch.bfloat16) and "measured now" in said[-1]
+    speeds = next(iter(json.loads(cache.read_text()).values()))
+    assert (first == torch.bfloat16) == (speeds["bf16"] > (1 + MARGIN) * speeds["fp32"])
+    assert choose_dtype("auto", model, tok, cache=cache, say=said.append) == first and "cached" in said[-1]
