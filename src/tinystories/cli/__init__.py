@@ -17,7 +17,7 @@ from ..errors import UserError, user_message
 
 # Order is the pipeline's order, which is also the order of `tinystories --help`:
 # prepare, presets, train, generate, evaluate, instruct, export.
-COMMANDS: list[str] = ["prepare", "presets", "train", "generate", "evaluate", "instruct", "synth", "export", "inspect", "clean"]
+COMMANDS: list[str] = ["prepare", "presets", "train", "generate", "evaluate", "instruct", "synth", "export", "inspect", "serve", "clean"]
 
 
 def _module(name: str):
