@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from tinystories.data.instruct.words import split_sentences
 from tinystories.data.sources import iter_stories
-from tinystories.data.synth.report import diversity, markdown, word_usage
+from tinystories.data.synth.report import CorpusStats, markdown
 from tinystories.data.synth.runner import SynthConfig, run
 from tinystories.data.synth.vocab import load_vocabulary
 from tinystories.evaluate.diversity import diversity_metrics
@@ -99,8 +99,10 @@ def main() -> int:
           f"({report['this_run']['requests']} requests)\n")
     vocab = load_vocabulary()
     real = list(itertools.islice(iter_stories(SHARED / "TinyStories-train-head.txt"), args.n))
-    recs = [{"story": s, "words": {}} for s in real]
-    d = diversity(recs, [], vocab, word_usage(real, vocab), 0, 200, sim)
+    stats = CorpusStats(vocab, sample=200, seed=0)
+    for story in real:
+        stats.add({"story": story})
+    d = stats.diversity(sim)
     r = d["rouge2_self_similarity"]
     print(f"real TinyStories (first {len(real)} of TinyStories-train-head.txt): \"Once upon a time\" "
           f"{d['once_upon_a_time_share']:.1%}; max Rouge-2 F to another story mean {r['mean']:.3f}, max "

@@ -4,9 +4,10 @@ Rouge-2 self-similarity between stories, and the share that open with "Once upon
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from ..instruct.words import word_forms, word_tokens
 from .gates import REASONS
@@ -15,67 +16,83 @@ from .vocab import Vocabulary
 WIRE = ("requests", "http_429", "http_5xx", "timeouts", "connect_errors", "malformed")
 
 
-def word_usage(stories: list[str], vocab: Vocabulary) -> Counter:
-    """vocabulary word -> the number of stories using it in any inflection (word_forms, one lookup a token)."""
+def _owners(vocab: Vocabulary) -> dict[str, set[str]]:
+    """spelling -> the vocabulary words it is a form of (word_forms): one lookup a story token."""
     owner: dict[str, set[str]] = {}
     for w, _ in vocab.all_words():
         for form in word_forms(w):
             owner.setdefault(form, set()).add(w)
-    used: Counter = Counter()
-    for story in stories:
+    return owner
+
+
+class CorpusStats:
+    """The report's numbers, gathered in one pass over the records (a corpus need not fit in memory): words
+    asked for and used, "Once upon a time" openings, and a uniform sample of stories (reservoir) for Rouge-2."""
+
+    def __init__(self, vocab: Vocabulary, sample: int = 200, seed: int = 0):
+        self.vocab, self.k, self.rng = vocab, sample, random.Random(seed)
+        self.owner = _owners(vocab)
+        self.asked: Counter = Counter()
+        self.used: Counter = Counter()
+        self.reasons: Counter = Counter()
+        self.kept = self.once = 0
+        self.sample: list[str] = []
+
+    def add(self, rec: dict) -> None:
+        """A kept record, or a rejected one (it has a "reason")."""
+        self.asked.update(rec.get("words", {}).values())
+        if "reason" in rec:
+            self.reasons[rec["reason"]] += 1
+            return
+        story = rec["story"]
+        self.kept += 1
+        self.once += story.lstrip(" \"'").lower().startswith("once upon a time")
         hit: set[str] = set()
         for t in {t.lower() for t in word_tokens(story)}:
-            hit |= owner.get(t, set())
-        used.update(hit)
-    return used
+            hit |= self.owner.get(t, set())
+        self.used.update(hit)
+        if len(self.sample) < self.k:
+            self.sample.append(story)
+        elif (j := self.rng.randrange(self.kept)) < self.k:
+            self.sample[j] = story
+
+    def diversity(self, similarity: Callable[[list[str]], list[float]] | None) -> dict:
+        n_vocab, asked = len(self.vocab), self.asked
+        out = {
+            "vocabulary_words": n_vocab,
+            "asked_distinct": len(asked), "asked_share": len(asked) / n_vocab,
+            "asks_per_asked_word": {"mean": sum(asked.values()) / max(1, len(asked)),
+                                    "max": max(asked.values(), default=0)},
+            "used_distinct": len(self.used), "used_share": len(self.used) / n_vocab,
+            "most_used": self.used.most_common(10),
+            "once_upon_a_time_share": self.once / self.kept if self.kept else None,
+            "rouge2_self_similarity": None,
+        }
+        if similarity is not None and len(self.sample) >= 2:
+            r = similarity(self.sample)
+            out["rouge2_self_similarity"] = {"stories": len(r), "mean": sum(r) / len(r), "max": max(r),
+                                             "share_above_0.5": sum(x > 0.5 for x in r) / len(r)}
+        return out
 
 
-def diversity(kept: list[dict], rejected: list[dict], vocab: Vocabulary, used: Counter, seed: int, sample: int,
-              similarity: Callable[[list[str]], list[float]] | None) -> dict:
-    """The corpus's diversity; `used` is `word_usage` of the kept stories."""
-    stories = [r["story"] for r in kept]
-    asked = Counter(w for r in kept + rejected for w in r["words"].values())
-    n_vocab = len(vocab)
-    out = {
-        "vocabulary_words": n_vocab,
-        "asked_distinct": len(asked), "asked_share": len(asked) / n_vocab,
-        "asks_per_asked_word": {"mean": sum(asked.values()) / max(1, len(asked)), "max": max(asked.values(), default=0)},
-        "used_distinct": len(used), "used_share": len(used) / n_vocab,
-        "most_used": used.most_common(10),
-        "once_upon_a_time_share": (sum(s.lstrip(" \"'").lower().startswith("once upon a time") for s in stories)
-                                   / len(stories)) if stories else None,
-        "rouge2_self_similarity": None,
-    }
-    if similarity is not None and len(stories) >= 2:
-        picked = random.Random(seed).sample(stories, min(sample, len(stories)))
-        r = similarity(picked)
-        out["rouge2_self_similarity"] = {"stories": len(picked), "mean": sum(r) / len(r), "max": max(r),
-                                         "share_above_0.5": sum(x > 0.5 for x in r) / len(r)}
-    return out
-
-
-def build_report(kept: list[dict], rejected: list[dict], vocab: Vocabulary, client, budget, cfg,
+def build_report(records: Iterable[dict], rejects: Iterable[dict], vocab: Vocabulary, client, budget, cfg,
                  similarity: Callable[[list[str]], list[float]] | None) -> dict:
-    reasons = Counter(r["reason"] for r in rejected)
-    words = {w: {"pos": pos, "asked": 0, "used": 0} for w, pos in vocab.all_words()}
-    for r in kept + rejected:
-        for w in r["words"].values():
-            if w in words:
-                words[w]["asked"] += 1
-    used = word_usage([r["story"] for r in kept], vocab)
-    for w, c in used.items():
-        words[w]["used"] = c
+    """The run's report from its kept and rejected records (streamed), the client's wire counts and the budget."""
+    stats = CorpusStats(vocab, cfg.report_sample, cfg.seed)
+    for rec in itertools.chain(records, rejects):
+        stats.add(rec)
+    words = {w: {"pos": pos, "asked": stats.asked[w], "used": stats.used[w]} for w, pos in vocab.all_words()}
     tokens = {"prompt": budget.prompt, "completion": budget.completion}
     if cfg.price_in is not None and cfg.price_out is not None:
         tokens["cost"] = budget.cost(budget.prompt, budget.completion)
+    reasons = stats.reasons
     return {
         "kind": "synth", "out": str(cfg.out), "model": cfg.model, "seed": cfg.seed, "n": cfg.n,
-        "kept": len(kept),
-        "rejected": {r: reasons[r] for r in (*REASONS, *sorted(set(reasons) - set(REASONS)))
-                     if reasons[r]},
+        "kept": stats.kept,
+        "rejected": {r: reasons[r] for r in (*REASONS, *sorted(set(reasons) - set(REASONS))) if reasons[r]},
         "this_run": {k: client.stats[k] for k in WIRE},
         "tokens": tokens,
-        "diversity": diversity(kept, rejected, vocab, used, cfg.seed, cfg.report_sample, similarity),
+        "diversity": stats.diversity(similarity),
         "words": words,
     }
 

@@ -19,8 +19,9 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,12 @@ from ...llm.cache import JsonlCache, key
 from ...llm.client import ChatClient
 from ...llm.config import LLMConfig
 from ...runtime.console import progress
-from ...runtime.files import atomic_write_json, atomic_write_text, check_apart
+from ...runtime.files import (
+    atomic_write_json,
+    atomic_write_text,
+    check_apart,
+    fsync_dir,
+)
 from ..instruct.records import EOT, format_record
 from ..sources import story_hash
 from .draw import Draw, draw, instruct_record
@@ -147,25 +153,70 @@ class Tally:
 
 # ---------------------------------------------------------------- ledger files
 
-def read_ledger(path: Path) -> list[dict]:
-    """The records of an append-only JSONL file. A torn last line (a kill mid-write) is cut off, so the next
-    append starts on a clean line; its story is redone from the calls cache, not paid again."""
+def cut_torn_tail(path: Path) -> None:
+    """A torn last line (a kill mid-write) is cut off, so the next append starts on a clean line; its story is
+    redone from the calls cache, not paid again."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with open(path, "r+b") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return
+        size = f.seek(0, os.SEEK_END)
+        block = 1 << 16
+        while size > 0:                 # find the last newline, reading backwards
+            start = max(0, size - block)
+            f.seek(start)
+            at = f.read(size - start).rfind(b"\n")
+            if at >= 0:
+                f.truncate(start + at + 1)
+                return
+            size = start
+        f.truncate(0)
+
+
+def iter_ledger(path: Path) -> Iterator[dict]:
+    """The records of an append-only JSONL file, streamed (after `cut_torn_tail`)."""
     if not path.exists():
-        return []
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        data = data[:data.rfind(b"\n") + 1]
-        with open(path, "r+b") as f:
-            f.truncate(len(data))
-    out = []
-    for lineno, line in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
+        return
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, 1):
+            try:
+                rec = json.loads(line)
+                rec["index"]
+            except (ValueError, KeyError, TypeError):
+                raise UserError(f"{path}: line {lineno} is not a synth record; pass --force to start over") from None
+            yield rec
+
+
+def read_ledger(path: Path) -> list[dict]:
+    cut_torn_tail(path)
+    return list(iter_ledger(path))
+
+
+def write_txt(records: Path, out: Path) -> None:
+    """The official txt (each text, then an <|endoftext|> line) in index order, whatever order the stories
+    finished in; only (index, offset) pairs are held in memory."""
+    offsets = []
+    with open(records, "rb") as f:
+        pos = 0
+        for line in f:
+            offsets.append((json.loads(line)["index"], pos))
+            pos += len(line)
+        offsets.sort()
+        # .NAME.PID.XXXXXXXX.tmp: the name `tinystories clean` knows a killed writer's leftovers by
+        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp")
         try:
-            rec = json.loads(line)
-            rec["index"]
-        except (ValueError, KeyError, TypeError):
-            raise UserError(f"{path}: line {lineno} is not a synth record; pass --force to start over") from None
-        out.append(rec)
-    return out
+            with os.fdopen(fd, "w", encoding="utf-8") as w:
+                for _, at in offsets:
+                    f.seek(at)
+                    w.write(json.loads(f.readline())["text"] + f"\n{EOT}\n")
+                w.flush()
+                os.fsync(w.fileno())
+            os.replace(tmp, out)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    fsync_dir(out.parent)
 
 
 def append_line(path: Path, rec: dict) -> None:
@@ -273,10 +324,10 @@ def run(cfg: SynthConfig, similarity: Callable[[list[str]], list[float]] | None 
     calls = JsonlCache(None if cfg.force else paths.calls)
     tally = Tally()
     if not cfg.force:
-        for rec in read_ledger(paths.records):
-            tally.add(rec, True)
-        for rec in read_ledger(paths.rejects):
-            tally.add(rec, False)
+        for path, kept in ((paths.records, True), (paths.rejects, False)):
+            cut_torn_tail(path)
+            for rec in iter_ledger(path):
+                tally.add(rec, kept)
     # The spend so far is what the recorded stories cost; a story whose replies are cached but not yet
     # recorded (a kill in between) adds its cost when it is recorded.
     budget = _Budget(cfg, (sum(p for p, _ in tally.story_tokens), sum(c for _, c in tally.story_tokens)))
@@ -294,9 +345,8 @@ def run(cfg: SynthConfig, similarity: Callable[[list[str]], list[float]] | None 
     stopped = _loop(cfg, job, tally, budget, paths, begin_writing)
     if paths.manifest.exists():
         if cfg.format == "txt":
-            recs = sorted(read_ledger(paths.records), key=lambda r: r["index"])
-            atomic_write_text(paths.out, "".join(f"{r['text']}\n{EOT}\n" for r in recs))
-        report = build_report(read_ledger(paths.records), read_ledger(paths.rejects), vocab, client, budget,
+            write_txt(paths.records, paths.out)
+        report = build_report(iter_ledger(paths.records), iter_ledger(paths.rejects), vocab, client, budget,
                               cfg, similarity)
         atomic_write_json(paths.report_json, report)
         atomic_write_text(paths.report_md, markdown(report))
