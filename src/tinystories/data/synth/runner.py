@@ -137,13 +137,14 @@ class Tally:
     hashes: set = field(default_factory=set)        # story hashes of kept stories (exact duplicates)
     kept: int = 0
     rejected: dict = field(default_factory=dict)    # reason -> count
-    story_tokens: list = field(default_factory=list)  # (prompt, completion) tokens per recorded story
+    tokens: list = field(default_factory=lambda: [0, 0])   # prompt, completion tokens of the recorded stories
     new_tokens: int = 0                             # paid for in this run
 
     def add(self, rec: dict, kept: bool) -> None:
         self.done.add(rec["index"])
         u = rec.get("usage") or {}
-        self.story_tokens.append((u.get("prompt_tokens", 0), u.get("completion_tokens", 0)))
+        self.tokens[0] += u.get("prompt_tokens", 0)
+        self.tokens[1] += u.get("completion_tokens", 0)
         if kept:
             self.kept += 1
             self.hashes.add(story_hash(rec["story"]))
@@ -243,13 +244,12 @@ class _Budget:
     def cost(self, prompt: float, completion: float) -> float:
         return (prompt * (self.cfg.price_in or 0) + completion * (self.cfg.price_out or 0)) / 1e6
 
-    def allows(self, in_flight: int, per_story: list) -> bool:
+    def allows(self, in_flight: int, tally: Tally) -> bool:
         if not self.active:
             return True
-        if not per_story:
+        if not tally.done:
             return in_flight == 0       # learn what a story costs from the first one
-        p = sum(x[0] for x in per_story) / len(per_story)
-        c = sum(x[1] for x in per_story) / len(per_story)
+        p, c = (t / len(tally.done) for t in tally.tokens)
         k = in_flight + 1
         if self.cfg.max_tokens is not None and self.prompt + self.completion + k * (p + c) > self.cfg.max_tokens:
             return False
@@ -330,7 +330,7 @@ def run(cfg: SynthConfig, similarity: Callable[[list[str]], list[float]] | None 
                 tally.add(rec, kept)
     # The spend so far is what the recorded stories cost; a story whose replies are cached but not yet
     # recorded (a kill in between) adds its cost when it is recorded.
-    budget = _Budget(cfg, (sum(p for p, _ in tally.story_tokens), sum(c for _, c in tally.story_tokens)))
+    budget = _Budget(cfg, (tally.tokens[0], tally.tokens[1]))
     job = _Job(cfg, vocab, template, client, calls, settings)
 
     def begin_writing() -> None:
@@ -371,7 +371,7 @@ def _loop(cfg: SynthConfig, job: _Job, tally: Tally, budget: _Budget, paths: Pat
     try:
         while True:
             while (error is None and tally.kept + len(pending) < cfg.n and len(pending) < cfg.llm.concurrency
-                   and budget.allows(len(pending), tally.story_tokens)):
+                   and budget.allows(len(pending), tally)):
                 i = next(indices)
                 pending[pool.submit(job, i)] = i
             if not pending:
