@@ -1,0 +1,86 @@
+"""The playground page at `/`, in a real headless browser (Debian's chromium, driven by selenium).
+
+Loads the page from a real `tinystories serve`, submits a prompt, waits for streamed text, opens a
+token's alternatives, and saves a screenshot (pytest's tmp dir; TINYSTORIES_SCREENSHOT=PATH also
+writes one there, which is how docs/images/playground.png is made).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from test_serve import Server
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+pytestmark = pytest.mark.skipif(not (Path(CHROMIUM).exists() and Path(DRIVER).exists()),
+                                reason="needs Debian's chromium and chromium-driver "
+                                       "(apt-get install -y chromium chromium-driver; .ci/run installs them)")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    opts = Options()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                 "--window-size=1280,900", "--disable-extensions", "--no-first-run"):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def test_playground_streams_a_story_and_shows_alternatives(tiny_model, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    model_dir = os.environ.get("TINYSTORIES_PLAYGROUND_MODEL") or tiny_model  # the README's shot uses the shipped model
+    srv = Server(model_dir, "--threads", 1)
+    try:
+        browser.get(srv.url + "/")
+        wait = WebDriverWait(browser, 60)
+        wait.until(EC.text_to_be_present_in_element((By.ID, "model"), "tiny"))
+        # nothing on the page comes from elsewhere
+        sources = browser.execute_script(
+            "return [...document.querySelectorAll('[src],[href]')].map(e => e.src || e.href)")
+        assert all(s.startswith(srv.url) for s in sources), sources
+
+        prompt = browser.find_element(By.ID, "prompt")
+        prompt.clear()
+        prompt.send_keys("Once upon a time, there was a little dog named Max. He")
+        browser.execute_script("document.getElementById('seed').value = '3'")
+        browser.find_element(By.ID, "go").click()
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#story .tok")) >= 5)  # streamed tokens
+        wait.until(lambda d: d.find_element(By.ID, "go").is_enabled())                   # and the end
+        status = browser.find_element(By.ID, "status").text
+        assert re.search(r"\d+ tokens in [\d.]+ s · [\d.]+ tokens/s", status), status
+        tokens = browser.find_elements(By.CSS_SELECTOR, "#story .tok")
+        story = browser.find_element(By.ID, "story").text
+        assert story.startswith("Once upon a time") and len(story) > len("Once upon a time, there was a little dog")
+
+        tokens[min(3, len(tokens) - 1)].click()
+        rows = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#alt-table tr"))
+        assert 1 <= len(rows) <= 5
+        probs = [float(r.find_element(By.CSS_SELECTOR, "td.p").text.rstrip("%")) for r in rows]
+        assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 100.05
+        assert browser.find_elements(By.CSS_SELECTOR, "#alt-table tr.chosen")  # the token it wrote is marked
+
+        shot = tmp_path / "playground.png"
+        assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+        if os.environ.get("TINYSTORIES_SCREENSHOT"):
+            shutil.copy(shot, os.environ["TINYSTORIES_SCREENSHOT"])
+    finally:
+        code, err = srv.stop()
+    assert code == 0 and "Traceback" not in err, err
