@@ -739,3 +739,38 @@ def test_a_bug_keeps_its_traceback():
 def test_shared_data_is_untouched_by_the_matrix():
     """The matrix reads the shared slices; they must be what MANIFEST.md says (never written by a test)."""
     assert SHARED.is_dir() and TRAIN_TXT.stat().st_size > 0
+
+
+# ---------------------------------------------------------------- pathological inputs are bounded
+
+def test_one_huge_word_is_split_before_bpe(tmp_path):
+    """A 2 MB "word" (no whitespace) never finished BPE training; cut into 128-character pieces it takes
+    seconds, and the token files still decode to the exact text."""
+    import random
+    import time
+
+    from tinystories.data.prepare import load_data_dir, prepare
+
+    rng = random.Random(0)
+    word = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(2_000_000))
+    src = tmp_path / "word.txt"
+    src.write_text(_good_text(100) + f"Once upon a time {word} the end.\n<|endoftext|>\n", encoding="utf-8")
+    t0 = time.time()
+    prepare([src], tmp_path / "data", vocab_size=400, val_fraction=0.5, seed=3)
+    seconds = time.time() - t0
+    dd = load_data_dir(tmp_path / "data")
+    stories = [s for split in ("train", "val") for s in dd.stories(split)]
+    assert f"Once upon a time {word} the end." in stories
+    assert seconds < 120, seconds
+
+
+def test_a_huge_document_is_refused_in_one_line(tmp_path, capsys):
+    from tinystories.cli import main
+    from tinystories.data.sources import MAX_DOCUMENT_CHARS
+
+    src = tmp_path / "one-line.txt"
+    src.write_text(("a few words " * (MAX_DOCUMENT_CHARS // 12 + 10)), encoding="utf-8")  # no <|endoftext|>
+    rc = main(["prepare", str(src), "--out", str(tmp_path / "data")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and "one-line.txt" in err and "<|endoftext|>" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one-line.txt"]
