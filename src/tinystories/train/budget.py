@@ -228,10 +228,7 @@ def plan(cfg, data, device, *, table: Table | None = None, say: Callable[[str], 
     time left after the probe, less one step and one validation pass, so that the run ends by the
     deadline.
     """
-    import torch
-
     from .config import TrainConfig
-    from ..runtime.device import physical_cores
 
     t_start = time.time()
     say = say or (lambda line: print(line, file=sys.stderr, flush=True))
@@ -239,21 +236,7 @@ def plan(cfg, data, device, *, table: Table | None = None, say: Callable[[str], 
     budget = float(cfg.max_time)
     defaults = TrainConfig()
 
-    # the probe runs as training will: same device, threads and precision
-    old_threads = torch.get_num_threads()
-    if device.type == "cpu":
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        elif "OMP_NUM_THREADS" not in os.environ:
-            torch.set_num_threads(max(1, physical_cores() // world))
-    try:
-        precision = choose_precision(cfg.precision, reference_config(table.vocab_size), REFERENCE["batch_size"],
-                                     REFERENCE["context"], device, say=say).precision
-        probe_s = min(MAX_PROBE_S, max(MIN_PROBE_S, PROBE_FRACTION * budget))
-        pr = probe(probe_s, device, precision, table.vocab_size)
-    finally:
-        torch.set_num_threads(old_threads)
-
+    pr = _probe_as_training(cfg, device, world, table, budget, say)
     left = budget - (time.time() - t_start)
     if left <= 0:
         raise UserError(f"--max-time {format_duration(budget)}: too short to train anything here (the speed probe "
@@ -263,11 +246,12 @@ def plan(cfg, data, device, *, table: Table | None = None, say: Callable[[str], 
 
     # the row's model here: the probe's FLOP/s, times its speed relative to the reference, over its cost
     # per token at this vocabulary
-    speed = pr.flops_per_s / table.probe_flops_per_s
     tps = pr.flops_per_s * row.efficiency / train_flops_per_token(row.model_config(data.vocab_size))
 
     user_model = dict(cfg.model)
     user = {k for k in _PICKED_TRAIN if k in cfg.given or getattr(cfg, k) != getattr(defaults, k)}
+    if cfg.context is None:
+        user.discard("context")  # context=none: the model's, and the model is the row's
     context = cfg.context if "context" in user else row.context
     batch = cfg.batch_size if "batch_size" in user else max(1, row.batch_size // world)
     tokens_per_step = batch * cfg.grad_accum * world * context
@@ -308,9 +292,41 @@ def plan(cfg, data, device, *, table: Table | None = None, say: Callable[[str], 
         "table_machine": table.machine, "expected_tokens_per_s": round(tps, 1),
         "expected_tokens": int(tps * train_s), "picked": {**changes, "model": model}, "lr": new.lr,
     }
+    _explain(say, table, row, pr, budget=budget, left=left, row_compute=row_compute, new=new, shape=shape,
+             model=model, kept=kept, batch=batch, tps=tps, steps=steps, train_s=train_s,
+             epochs=tps * train_s / max(epoch_tokens, 1))
+    return new, choice
+
+
+def _probe_as_training(cfg, device, world: int, table: Table, budget: float, say) -> Probe:
+    """The speed probe, run as training will: same device, threads and precision."""
+    import torch
+
+    from ..runtime.device import physical_cores
+
+    old_threads = torch.get_num_threads()
+    if device.type == "cpu":
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        elif "OMP_NUM_THREADS" not in os.environ:
+            torch.set_num_threads(max(1, physical_cores() // world))
+    try:
+        precision = choose_precision(cfg.precision, reference_config(table.vocab_size), REFERENCE["batch_size"],
+                                     REFERENCE["context"], device, say=say).precision
+        probe_s = min(MAX_PROBE_S, max(MIN_PROBE_S, PROBE_FRACTION * budget))
+        return probe(probe_s, device, precision, table.vocab_size)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _explain(say, table: Table, row: Row, pr: Probe, *, budget: float, left: float, row_compute: float, new,
+             shape: Row, model: dict, kept: list[str], batch: int, tps: float, steps: int, train_s: float,
+             epochs: float) -> None:
+    """The budget lines: the probe, the row picked and why, the recipe (naming the settings kept as yours)."""
     say(f"budget: {format_duration(budget)} here ({pr.device}, {pr.precision}, {pr.threads} threads): a "
         f"{pr.seconds:.1f}s probe trained the reference {REFERENCE['hidden']}x{REFERENCE['layers']} model at "
-        f"{pr.tokens_per_s:,.0f} tokens/s = {pr.flops_per_s / 1e9:.1f} GFLOP/s ({speed:.2f}x the sweep machine)")
+        f"{pr.tokens_per_s:,.0f} tokens/s = {pr.flops_per_s / 1e9:.1f} GFLOP/s "
+        f"({pr.flops_per_s / table.probe_flops_per_s:.2f}x the sweep machine)")
     got = f"{row.bpb:.3f} bits per byte, " if row.bpb is not None else ""
     tried = f"best of {row.tried} recipes; " if row.tried else ""
     say(f"budget: in the {format_duration(left)} left its {row.label()} model would train {row_compute / 1e12:.1f} TFLOP "
@@ -323,10 +339,9 @@ def plan(cfg, data, device, *, table: Table | None = None, say: Callable[[str], 
                                 if ratio < 1 else
                                 f"{ratio:.1f}x the compute of the sweep's largest budget: its recipe, on a longer "
                                 "schedule; the sweep has not measured whether a bigger model does better here"))
-    say(f"budget: picked {shape.shape()}, context {context}, batch {batch} x {context}, lr {new.lr:g}, "
+    say(f"budget: picked {shape.shape()}, context {new.context}, batch {batch} x {new.context}, lr {new.lr:g}, "
         f"warmup {new.warmup_steps} steps, weight decay {new.weight_decay:g}, dropout {model['dropout']:g}"
         + (f" (yours: {', '.join(kept)})" if kept else ""))
     say(f"budget: expect ~{tps:,.0f} tokens/s, ~{steps:,} steps, ~{tps * train_s / 1e6:.2f}M tokens "
-        f"({tps * train_s / max(epoch_tokens, 1):.1f} epochs of train.bin); training gets {format_duration(train_s)}, "
+        f"({epochs:.1f} epochs of train.bin); training gets {format_duration(train_s)}, "
         f"the learning rate reaches its floor at the end")
-    return new, choice
