@@ -228,6 +228,7 @@ def test_gates():
     assert check(good, words, finish_reason="stop") == (None, [])
     assert check("  ", words)[0] == "empty"
     assert check("As an AI, I cannot write stories.", words)[0] == "refusal"
+    assert check('"I cannot help it," said Tom. ' + good, words)[0] is None   # speech, not a refusal
     assert check(good + ' "Oops', words)[0] == "unbalanced_quotes"
     assert check(good, ("decorate", "lamp", "ancient")) == ("missing_word", ["lamp"])
     assert check("Short one.", words)[0] == "too_short"

@@ -11,9 +11,10 @@ from ..instruct.words import QUOTES, lexicon_lemmas, word_forms, word_tokens
 REASONS = ("empty", "refusal", "too_short", "too_long", "unbalanced_quotes", "missing_word", "duplicate",
            "cut_off", "bad_summary")
 
-# How assistants decline, at the start of a reply.
-_REFUSAL = re.compile(r"^\W*(?:i'?m sorry|i am sorry|sorry, (?:but )?i|as an ai\b|as a language model|"
-                      r"i can(?:no|')t (?:help|write|do|comply|assist|create)|i cannot\b|i won'?t be able)",
+# How assistants decline, at the start of a reply (markdown allowed; a story opening with a quote is speech).
+_REFUSAL = re.compile(r"^[\s*_#]*(?:i'?m sorry|i am sorry|i apologi[sz]e|sorry, (?:but )?i\b|as an ai\b|as a language model|"
+                      r"i (?:can ?not|can't|won't|will not|am unable to|'m unable to) "
+                      r"(?:help|write|do that|comply|assist|create|fulfil|provide|produce))",
                       re.IGNORECASE)
 
 
