@@ -25,7 +25,7 @@ from conftest import LocalServer, cli_env, run_cli
 from tinystories.cli import main
 from tinystories.data.instruct.records import parse_record, split_records
 from tinystories.data.synth.draw import draw
-from tinystories.data.synth.gates import GateConfig, check
+from tinystories.data.synth.gates import GateConfig, check, clean_reply
 from tinystories.data.synth.runner import SynthConfig, read_ledger, run
 from tinystories.data.synth.vocab import load_vocabulary, parse_vocabulary
 from tinystories.errors import UserError
@@ -234,6 +234,10 @@ def test_gates():
     assert check("Short one.", words)[0] == "too_short"
     assert check(good, words, finish_reason="length")[0] == "cut_off"
     assert check(good, ("saltar", "casa", "verde"), GateConfig(check_words=False)) == (None, [])
+    for titled in ("Title: The Brave Kite\n\n", "**The Brave Kite**\n\n", "The Brave Little Kite\n\n", "Story: "):
+        assert clean_reply(titled + good) == good
+    plain = "Once upon a time there was a girl named Lily\n\nShe ran."       # a first line, not a title
+    assert clean_reply(plain) == plain
 
 
 # ---------------------------------------------------------------- end to end

@@ -26,6 +26,30 @@ class GateConfig:
     check_words: bool = True     # the matcher knows English inflections only
 
 
+_TITLE = re.compile(r"^(?P<line>[^\n]{1,80})\n[ \t]*\n")
+_LABEL = re.compile(r"^[\s*_]*story[*_]*\s*:[*_]*\s*", re.IGNORECASE)
+
+
+def _is_title(line: str) -> bool:
+    """"Title: ...", a markdown heading or bold line, or a short Title Case line without a full stop."""
+    line = line.strip()
+    if re.match(r"^(?:#+\s|\*\*|__|title\s*:)", line, re.IGNORECASE):
+        return True
+    words = re.findall(r"[A-Za-z']+", line)
+    return (0 < len(words) <= 10 and not re.search(r"[.!?,;:\"\u201d]$", line)
+            and sum(w[0].isupper() for w in words) >= 0.6 * len(words))
+
+
+def clean_reply(text: str) -> str:
+    """The story in a reply: without a leading title ("Title: The Brave Kite", "**The Brave Kite**", "The Brave
+    Kite" alone on its line) or a "Story:" label, which chat models like to add and the dataset's stories lack."""
+    text = text.strip()
+    m = _TITLE.match(text)
+    if m and _is_title(m.group("line")):
+        text = text[m.end():].lstrip()
+    return _LABEL.sub("", text, count=1).strip()
+
+
 def is_refusal(text: str) -> bool:
     """Whether a reply opens the way assistants decline ("I'm sorry", "As an AI")."""
     return bool(_REFUSAL.search(text.strip()))

@@ -41,7 +41,7 @@ from ...runtime.files import (
 from ..instruct.records import EOT, format_record
 from ..sources import story_hash
 from .draw import Draw, draw, instruct_record
-from .gates import GateConfig, check, is_refusal
+from .gates import GateConfig, check, clean_reply, is_refusal
 from .prompts import Template, load_template
 from .report import build_report, markdown
 from .vocab import Vocabulary, load_vocabulary
@@ -441,7 +441,7 @@ class _Job:
         prompt = self.template.story_prompt(*d.words, list(d.features), cfg.language)
         rep, paid = self._call("story", index, prompt, temperature=cfg.temperature, max_tokens=cfg.story_tokens)
         replies = [(rep, paid)]
-        story = rep["text"].strip()
+        story = clean_reply(rep["text"])
         reason, missing = check(story, d.words, self.gates, rep.get("finish_reason"))
         rec = {"index": index, "story": story, "words": {"verb": d.verb, "noun": d.noun, "adjective": d.adjective},
                "features": list(d.features), **self.meta, "prompt": prompt}
