@@ -10,10 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import VALID_TXT, assert_one_line_error, run_cli
+
 from tinystories.data.tokenizer import Tokenizer
-from tinystories.inspect.capture import attention_output, attention_probs, capture, mlp_activation
+from tinystories.inspect.capture import (
+    attention_output,
+    attention_probs,
+    capture,
+    mlp_activation,
+)
 from tinystories.model.config import ModelConfig
 from tinystories.model.gpt_neo import GPTNeo
 from tinystories.model.modeldir import load_model, save_model
@@ -152,7 +157,7 @@ def test_planted_neuron_ranks_its_token_first(constructed_dir, tmp_path):
 
 class Page(HTMLParser):
     """Checks nesting, collects external references, table cells and the embedded JSON."""
-    VOID = {"meta", "img", "br", "hr", "input", "link"}
+    VOID = frozenset({"meta", "img", "br", "hr", "input", "link"})
 
     def __init__(self):
         super().__init__(convert_charrefs=True)
@@ -225,7 +230,9 @@ def test_both_verbs_on_a_trained_model(tiny_model, tmp_path):
     assert all(len(data["text"]["probs"][L][h][q]) == q + 1 for L in range(2) for h in range(4) for q in range(T))
     assert (out / "attention.html").read_text().count("data:image/png;base64,") == 2
 
-    from tinystories.inspect.run import inspect_neurons  # in-process: one CLI start (torch) per test is enough
+    from tinystories.inspect.run import (
+        inspect_neurons,  # in-process: one CLI start per test is enough
+    )
 
     inspect_neurons(tiny_model, stories=8, out=out, neurons=[3, 5])
     data = json.loads((out / "neurons.json").read_text())

@@ -67,8 +67,8 @@ def run_attention(args: AttentionArgs) -> int:
     r = inspect_attention(args.model_dir, text=args.text, prompt=args.prompt, max_new_tokens=args.max_new_tokens,
                           stories=args.stories, data=args.data, out=args.out, device=args.device)
     s = r["summary"]
-    lines = [f"{s['heads']} heads over {r['table']['stories']} stories ({r['table']['tokens']} tokens): "
-             f"{s['positional']} positional (offsets {s['offsets']}), {s['semantic']} semantic"]
+    lines = [(f"{s['heads']} heads over {r['table']['stories']} stories ({r['table']['tokens']} tokens): "
+              f"{s['positional']} positional (offsets {s['offsets']}), {s['semantic']} semantic")]
     for h in r["table"]["heads"]:
         toks = " ".join(t["token"].strip() or repr(t["token"]) for t in h["top_tokens"][:5])
         lines.append(f"  layer {h['layer']} head {h['head']:>2}: {h['label_text']:<38} mean distance "
@@ -93,7 +93,7 @@ def run_neurons(args: NeuronsArgs) -> int:
 COMMAND = Command(
     "inspect", help="attention heads and MLP neurons of a model, as HTML pages and JSON",
     subcommands=(
-        Command("attention", "every head's attention on a text (heat maps, hover) and a per-head table over "
-                             "held-out stories: positional or semantic", AttentionArgs, run_attention),
-        Command("neurons", "each MLP neuron's top tokens in their sentences, their roles and purity against a "
-                           "shuffled control", NeuronsArgs, run_neurons)))
+        Command("attention", ("every head's attention on a text (heat maps, hover) and a per-head table over "
+                              "held-out stories: positional or semantic"), AttentionArgs, run_attention),
+        Command("neurons", ("each MLP neuron's top tokens in their sentences, their roles and purity against a "
+                            "shuffled control"), NeuronsArgs, run_neurons)))

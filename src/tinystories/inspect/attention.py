@@ -49,7 +49,7 @@ class HeadAccumulator:
 
     def add(self, layer: int, probs: torch.Tensor, ids: torch.Tensor) -> None:
         """probs [H, T, T] of one story (queries x keys), ids [T]."""
-        H, T, _ = probs.shape
+        T = probs.size(1)
         p = probs.double()
         i = torch.arange(T)[:, None]
         j = torch.arange(T)[None, :]

@@ -13,17 +13,10 @@ import functools
 
 CATEGORIES = ("NAME", "PRON", "DET", "AUX", "FUNC", "NOUN", "VERB", "ADJ", "ADV", "PUNCT", "OTHER")
 
-_PRON = frozenset("i me you he him she it we us they them myself yourself himself herself itself ourselves "
-                  "themselves mine yours hers ours theirs who what everyone someone something nothing "
-                  "anything everything".split())
-_DET = frozenset("the a an this that these those my your his her its our their some any every each no all "
-                 "both another".split())
-_AUX = frozenset("is am are was were be been being have has had do does did can could will would shall "
-                 "should may might must isn't aren't wasn't weren't don't doesn't didn't can't couldn't "
-                 "won't wouldn't i'm it's that's let's".split())
-_FUNC = frozenset("and but or so because if when then than as to of in on at for with from by up down out "
-                  "over under into about after before around through not there here too very just also "
-                  "while until".split())
+_PRON = frozenset(["i", "me", "you", "he", "him", "she", "it", "we", "us", "they", "them", "myself", "yourself", "himself", "herself", "itself", "ourselves", "themselves", "mine", "yours", "hers", "ours", "theirs", "who", "what", "everyone", "someone", "something", "nothing", "anything", "everything"])
+_DET = frozenset(["the", "a", "an", "this", "that", "these", "those", "my", "your", "his", "her", "its", "our", "their", "some", "any", "every", "each", "no", "all", "one", "two", "three", "both", "another"])
+_AUX = frozenset(["is", "am", "are", "was", "were", "be", "been", "being", "have", "has", "had", "do", "does", "did", "can", "could", "will", "would", "shall", "should", "may", "might", "must", "isn't", "aren't", "wasn't", "weren't", "don't", "doesn't", "didn't", "can't", "couldn't", "won't", "wouldn't", "i'm", "it's", "that's", "let's"])
+_FUNC = frozenset(["and", "but", "or", "so", "because", "if", "when", "then", "than", "as", "to", "of", "in", "on", "at", "for", "with", "from", "by", "up", "down", "out", "over", "under", "into", "about", "after", "before", "around", "through", "not", "there", "here", "too", "very", "just", "also", "while", "until"])
 _NOUNISH_BEFORE = _DET | {"ADJ"}
 _VERBISH_BEFORE = _PRON | _AUX | {"to", "NAME"}
 
