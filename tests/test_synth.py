@@ -68,7 +68,7 @@ class SynthServer(LocalServer):
         super().__init__(_Handler)
         self.faults, self.cycle, self.hang_s, self.delay = dict(faults or {}), cycle, hang_s, delay
         self.did: Counter = Counter()
-        self.delivered: Counter = Counter()    # prompt -> story replies sent
+        self.delivered: Counter = Counter()    # prompt -> replies sent (stories and summaries)
         self.usage = [0, 0]                   # tokens of replies sent
         self.lock = threading.Lock()
         self.open = threading.Event()
@@ -142,9 +142,9 @@ class _Handler(BaseHTTPRequestHandler):
                 "short": "The end.",
                 "dup": "Once upon a time " + " and ".join(ALL_WORDS) + ". " + "They played all day long. " * 10,
                 }.get(fault) or story_for(verb, noun, adj, k)
-        self._reply(prompt, text, story=True)
+        self._reply(prompt, text)
 
-    def _reply(self, prompt, text, story=False):
+    def _reply(self, prompt, text):
         srv: SynthServer = self.server
         usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": len(text.split())}
         reply = {"object": "chat.completion", "choices": [{"index": 0, "finish_reason": "stop",
@@ -155,8 +155,7 @@ class _Handler(BaseHTTPRequestHandler):
         with srv.lock:
             srv.usage[0] += usage["prompt_tokens"]
             srv.usage[1] += usage["completion_tokens"]
-            if story:
-                srv.delivered[prompt] += 1
+            srv.delivered[prompt] += 1
 
 
 @pytest.fixture
@@ -277,10 +276,11 @@ def test_synth_counts_equal_what_the_server_did(server, vocab_file, tmp_path):
 
 
 def test_kill_and_resume_pays_for_nothing_twice(server, tmp_path):
+    """--instruct: two paid calls a story, so a kill can fall between a story and its summary."""
     srv = server(delay=0.03)
     out = tmp_path / "c.jsonl"
     args = ["synth", "--out", out, "--n", 30, "--llm-url", srv.url, "--llm-model", "m", "--concurrency", 2,
-            "--min-words", 20, "--timeout", 5]
+            "--min-words", 20, "--timeout", 5, "--instruct"]
     proc = subprocess.Popen([sys.executable, "-m", "tinystories", *map(str, args)], env=cli_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     calls = Path(f"{out}.calls.jsonl")
@@ -298,13 +298,14 @@ def test_kill_and_resume_pays_for_nothing_twice(server, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     paid_before = sum(srv.delivered.values())
-    assert 12 <= paid_before < 30
+    assert 12 <= paid_before < 60
     srv.open.set()
     run_cli(*args, check=True)
     recs = read_ledger(out)
     assert len(recs) == 30 and len({r["index"] for r in recs}) == 30 and len({r["story"] for r in recs}) == 30
     assert max(srv.delivered.values()) == 1               # no prompt was answered twice
-    assert sum(srv.delivered.values()) == 30              # and no story was paid for but not kept
+    assert sum(srv.delivered.values()) == 60              # and no reply was paid for but not kept
+    assert srv.did["summary"] == 30 and all(r["summary"] for r in recs)
 
 
 def test_torn_last_line_is_cut_and_redone_from_the_cache(server, vocab_file, tmp_path):
