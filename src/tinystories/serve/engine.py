@@ -86,13 +86,14 @@ class _Row:
         self.job, self.choice, self.pos = job, choice, length  # pos: the slot the next fed token takes
         self.out: list[int] = []
         self.text, self.sent = "", 0           # decoded text and how much of it was released
+        self.clean = 0                         # tokens decoded into `text` (ending on a whole character)
         self.pending_info: list[TokenInfo] = []
         self.tokenizer = tokenizer
         self.rng = None
         if job.sampling.temperature > 0:
             self.rng = torch.Generator(device=device)
             seed = job.sampling.seed if job.sampling.seed is not None else int(torch.randint(0, 2**62, (1,)))
-            self.rng.manual_seed((seed * 1_000_003 + choice) % 2**63)  # as generate(): (seed, sample)
+            self.rng.manual_seed((seed * 1_000_003 + choice) % 2**63)  # one stream per (seed, choice)
 
     def push(self, token: int, info: TokenInfo | None) -> str | None:
         """Take one new token; returns a finish reason when the row is done, else None."""
@@ -100,9 +101,10 @@ class _Row:
         self.out.append(token)
         if info is not None:
             self.pending_info.append(info)
-        full = self.tokenizer.decode(self.out)
-        if not full.endswith("\ufffd"):  # an incomplete UTF-8 character waits for its next byte
-            self.text = full
+        # decode only the tokens since the last whole character: O(1) per token, not O(length)
+        tail = self.tokenizer.decode(self.out[self.clean:])
+        if not tail.endswith("\ufffd"):  # an incomplete UTF-8 character waits for its next byte
+            self.text, self.clean = self.text + tail, len(self.out)
         for stop in s.stop:
             at = self.text.find(stop, max(0, self.sent - len(stop)))
             if at >= 0:
@@ -110,7 +112,7 @@ class _Row:
                 self._release(len(self.text))
                 return "stop"
         if len(self.out) >= s.max_tokens:
-            self.text = full
+            self.text += tail if self.clean < len(self.out) else ""
             self._release(len(self.text))
             return "length"
         self._release(len(self.text) - _held_back(self.text, s.stop))
@@ -156,6 +158,7 @@ class Engine:
         self.cond = threading.Condition()
         self.closing = False
         self.steps = 0
+        self.texts: dict[int, str] = {}  # token id -> its text, for logprobs
         self.tokens_out = 0
         self.thread = threading.Thread(target=self._run, name="tinystories-engine", daemon=True)
         self.thread.start()
@@ -258,7 +261,7 @@ class Engine:
     def _take(self, rows: list[_Row], logits: torch.Tensor) -> None:
         """Choose each row's next token from its logits, hand it to the row, retire finished rows."""
         chosen = choose_tokens(logits, [r.job.sampling for r in rows], [r.rng for r in rows])
-        infos = token_infos(logits, chosen, [r.job.sampling.logprobs for r in rows], self.tokenizer)
+        infos = token_infos(logits, chosen, [r.job.sampling.logprobs for r in rows], self._token_text)
         eot = self.tokenizer.eot_id
         done = []
         for row, t, info in zip(rows, chosen, infos):
@@ -272,6 +275,12 @@ class Engine:
         for row, reason in done:
             row.finish(reason)
             self._remove(row)
+
+    def _token_text(self, token: int) -> str:
+        text = self.texts.get(token)
+        if text is None:
+            text = self.texts[token] = self.tokenizer.decode([token])
+        return text
 
     def _drop_cancelled(self) -> None:
         for row in [r for r in self.rows if r.job.cancelled]:
@@ -328,29 +337,42 @@ def decode_step(model: GPTNeo, tokens: torch.Tensor, pos: torch.Tensor, ks: list
 
 
 def choose_tokens(logits: torch.Tensor, settings: list[Sampling], rngs: list) -> list[int]:
-    """Next token per row: argmax at temperature 0, else a draw after temperature, top-k and top-p
-    (the same arithmetic as `generate`, so a seeded row draws as `generate` would)."""
+    """Next token per row: argmax at temperature 0, else a draw after temperature, top-k and top-p.
+
+    All sampled rows draw at once (one uniform number from each row's own generator, then the
+    inverse of the batch's cumulative distributions): per-row `torch.multinomial` calls cost more
+    than the model's whole step at 16 rows. A row's draws depend only on its seed and its logits.
+    """
     import torch
 
-    out = logits.argmax(-1).tolist()
-    for r, (s, g) in enumerate(zip(settings, rngs)):
-        if s.temperature == 0:
-            continue
-        row = logits[r:r + 1].float() / s.temperature
-        if s.top_k is not None and s.top_k < row.size(-1):
-            kth = torch.topk(row, s.top_k, dim=-1).values[:, -1:]
-            row = row.masked_fill(row < kth, float("-inf"))
-        if s.top_p is not None and s.top_p < 1.0:
-            sorted_logits, order = torch.sort(row, dim=-1, descending=True)
-            probs = sorted_logits.softmax(-1)
-            sorted_drop = probs.cumsum(-1) - probs >= s.top_p   # mass of the more likely tokens
-            row = row.masked_fill(torch.zeros_like(sorted_drop).scatter(-1, order, sorted_drop), float("-inf"))
-        out[r] = int(torch.multinomial(row.softmax(-1)[0], 1, generator=g))
-    return out
+    out = logits.argmax(-1)
+    idx = [r for r, s in enumerate(settings) if s.temperature > 0]
+    if not idx:
+        return out.tolist()
+    V = logits.size(-1)
+    temps = torch.tensor([settings[r].temperature for r in idx], device=logits.device)
+    x = logits[idx].float() / temps[:, None]
+    order = None
+    if any(settings[r].top_k or (settings[r].top_p or 1.0) < 1.0 for r in idx):
+        x, order = x.sort(-1, descending=True)
+        rank = torch.arange(V, device=x.device)[None, :]
+        ks = torch.tensor([settings[r].top_k or V for r in idx], device=x.device)
+        drop = rank >= ks[:, None]
+        probs = x.masked_fill(drop, float("-inf")).softmax(-1)
+        ps = torch.tensor([settings[r].top_p or 2.0 for r in idx], device=x.device)  # 2.0: no top-p
+        drop |= probs.cumsum(-1) - probs >= ps[:, None]  # the mass of the more likely tokens
+        x = x.masked_fill(drop, float("-inf"))
+    cdf = x.softmax(-1).cumsum(-1)
+    u = torch.cat([torch.rand(1, generator=rngs[r], device=x.device) for r in idx])
+    pick = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).clamp(max=V - 1)
+    if order is not None:
+        pick = order.gather(1, pick)
+    out[idx] = pick[:, 0]
+    return out.tolist()
 
 
 def token_infos(logits: torch.Tensor, chosen: list[int], wanted: list[int | None],
-                tokenizer: Tokenizer) -> list[TokenInfo | None]:
+                text_of: Callable[[int], str]) -> list[TokenInfo | None]:
     """Log-probs (of the model's distribution, before temperature) for the rows that asked for them."""
     idx = [r for r, w in enumerate(wanted) if w is not None]
     out: list[TokenInfo | None] = [None] * len(chosen)
@@ -362,8 +384,8 @@ def token_infos(logits: torch.Tensor, chosen: list[int], wanted: list[int | None
     top_v, top_i = top_v.tolist(), top_i.tolist()
     for j, r in enumerate(idx):
         lp = float(logp[j, chosen[r]])
-        top = [(tokenizer.decode([t]), t, _finite(v)) for t, v in zip(top_i[j][:wanted[r]], top_v[j][:wanted[r]])]
-        out[r] = TokenInfo(tokenizer.decode([chosen[r]]), chosen[r], _finite(lp), top)
+        top = [(text_of(t), t, _finite(v)) for t, v in zip(top_i[j][:wanted[r]], top_v[j][:wanted[r]])]
+        out[r] = TokenInfo(text_of(chosen[r]), chosen[r], _finite(lp), top)
     return out
 
 
