@@ -15,7 +15,7 @@ CSS = """
 body{font-family:system-ui,sans-serif;margin:1.5em;max-width:1200px;color:#222}
 table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}
 th{background:#f0f0f0}td.l{text-align:left}tr.positional td{background:#eef5ff}
-.tok{white-space:pre;border-radius:2px;cursor:default}.prompt{font-weight:bold}
+.tok{white-space:pre-wrap;border-radius:2px;cursor:default}#text{line-height:1.6}.prompt{font-weight:bold}
 .sel{outline:2px solid #06c}#readout{font-family:monospace;font-size:13px;min-height:3em}
 .sent{margin:2px 0;font-size:14px}.act{color:#888;font-size:12px;font-family:monospace}
 .hit{background:#f66;color:#000}h3{margin-bottom:4px}.muted{color:#666}img{max-width:100%}
@@ -111,6 +111,7 @@ function show(q) {
 }
 toks.forEach((t, q) => t.addEventListener('mouseenter', () => show(q)));
 sel.addEventListener('change', () => { if (cur >= 0) show(cur); });
+if (toks.length) show(toks.length - 1);  // until the pointer moves: where the last token attends
 """
 
 
