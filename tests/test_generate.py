@@ -13,6 +13,7 @@ import torch
 import tinystories
 from conftest import TRAIN_TXT, VALID_TXT, EVAL_PROMPTS, assert_one_line_error, run_cli
 from tinystories.model.config import ModelConfig, preset_config
+from tinystories.generate import fast
 from tinystories.generate.sampling import generate, prompt_ids, read_prompts
 from tinystories.model.export import export_hf
 from tinystories.model.gpt_neo import GPTNeo
@@ -278,7 +279,7 @@ def test_modern_block_generates_through_forward(tok):
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.1)
-    assert model.decode_weights() is None
+    assert fast.decode_weights(model) is None
     prompts = ["Once upon a time", "Tom", "Tom and Sue"]
     together = generate(model, tok, prompts, max_new_tokens=60, temperature=0)
     assert all(len(c.tokens) == 60 for [c] in together)  # past the context of 48: they slid
@@ -291,3 +292,31 @@ def test_modern_block_generates_through_forward(tok):
                 if len(window) == 48:
                     window = window[-36:]
                 window.append(t)
+
+
+@pytest.mark.parametrize("per_op", [False, True])
+def test_fast_decode_paths_equal_forward(per_op):
+    """generate/fast.py's flat decode (whole blocks in C for a few rows, or per op) and the CUDA-graph
+    step (`decode_static`, checked here on the CPU) give `forward`'s logits, padding and window included."""
+    cfg = ModelConfig(vocab_size=VOCAB, context=96, hidden=32, layers=2, heads=4, window=16)
+    torch.manual_seed(3)
+    model = GPTNeo(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    w = fast.decode_weights(model)
+    if per_op:
+        w = w._replace(layers=[layer._replace(block=None) for layer in w.layers])
+    ids = torch.randint(0, VOCAB, (3, 90), generator=torch.Generator().manual_seed(0))
+    pad = torch.tensor([0, 3, 10])
+    with torch.inference_mode():
+        full = model(ids, pad=pad)
+        cache, static = model.new_cache(3, 96), model.new_cache(3, 96)
+        assert (fast.decode(model, ids[:, :60], cache, 0, pad, last_only=False, weights=w) - full[:, :60]).abs().max() < 1e-4
+        fast.decode(model, ids[:, :60], static, 0, pad, weights=w)
+        for s in range(60, 90, 3):
+            out = fast.decode(model, ids[:, s:s + 3], cache, s, pad, last_only=False, weights=w)
+            assert (out - full[:, s:s + 3]).abs().max() < 1e-4
+            for n in range(s, s + 3):
+                one = fast.decode_static(model, ids[:, n:n + 1], static, torch.tensor(n), pad, w)
+                assert (one - full[:, n]).abs().max() < 1e-4

@@ -16,6 +16,7 @@ so that both give the same text on the same weights.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
@@ -204,6 +205,8 @@ class _Rows:
     def __init__(self, model: GPTNeo, seqs: list[list[int]], max_new_tokens: int, fill: int):
         import torch
 
+        from . import fast
+
         ctx = model.config.context
         dev = model.wte.weight.device
         longest = max(map(len, seqs))
@@ -217,12 +220,13 @@ class _Rows:
         self._pad = self.pad if longest > min(map(len, seqs)) else None
         self.n = longest  # slots filled
         self.cache = model.new_cache(len(seqs), self.cap)
-        self.weights = model.decode_weights()
+        self.weights = fast.decode_weights(model)
+        self.decode = functools.partial(fast.decode, model)  # (idx, cache, start, pad, last_only, weights)
         self.graph = None  # _CudaGraphStep on CUDA, built at the first step (and again after a reorder)
 
     def prefill(self) -> torch.Tensor:
         """Logits [rows, V] after the prompts."""
-        return self.model.decode(self.ids[:, :self.n], self.cache, 0, self._pad, weights=self.weights)
+        return self.decode(self.ids[:, :self.n], self.cache, 0, self._pad, weights=self.weights)
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Feed one token per row; logits [rows, V] for the next."""
@@ -234,7 +238,7 @@ class _Rows:
                 self.graph = _CudaGraphStep(self, tokens)
             logits = self.graph(tokens, self.n)
         else:
-            logits = self.model.decode(tokens[:, None], self.cache, self.n, self._pad, weights=self.weights)
+            logits = self.decode(tokens[:, None], self.cache, self.n, self._pad, weights=self.weights)
         self.n += 1
         return logits
 
@@ -254,14 +258,14 @@ class _Rows:
         self.graph = None  # padding changed
         self.n = self.keep
         if self.keep:
-            self.model.decode(self.ids[:, :self.keep], self.cache, 0, self._pad, weights=self.weights)
+            self.decode(self.ids[:, :self.keep], self.cache, 0, self._pad, weights=self.weights)
 
 
 def _graphs_enabled(model) -> bool:
     """CUDA graphs for one-token steps: on CUDA, for GPT-Neo blocks, unless TINYSTORIES_CUDA_GRAPHS=0."""
     import os
 
-    return (model.wte.weight.device.type == "cuda" and model.flat_decode
+    return (model.wte.weight.device.type == "cuda" and model.config.is_paper_block
             and os.environ.get("TINYSTORIES_CUDA_GRAPHS", "1") != "0")
 
 
@@ -269,7 +273,7 @@ class _CudaGraphStep:
     """One decoding step of a _Rows batch, captured once as a CUDA graph and replayed per token.
 
     Small models decode in far less GPU time than it takes to launch their ~15 kernels per layer;
-    a replay launches them all at once. The captured pass is `GPTNeo.decode_static`: the token ids
+    a replay launches them all at once. The captured pass is `fast.decode_static`: the token ids
     and the slot are read from device tensors that each call overwrites. Built at the first step
     with that step's real token and slot, so the warm-up passes write exactly the keys and values
     the step itself writes. (Written for CUDA and checked on CPU through decode_static; this
@@ -279,10 +283,12 @@ class _CudaGraphStep:
     def __init__(self, rows: "_Rows", tokens: torch.Tensor):
         import torch
 
+        from . import fast
+
         model = rows.model
         self.tok = tokens.detach().clone().view(-1, 1)
         self.pos = torch.full((), rows.n, dtype=torch.long, device=self.tok.device)
-        run = lambda: model.decode_static(self.tok, rows.cache, self.pos, rows._pad, rows.weights)  # noqa: E731
+        run = lambda: fast.decode_static(model, self.tok, rows.cache, self.pos, rows._pad, rows.weights)  # noqa: E731
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up outside the graph, as capture requires
@@ -379,7 +385,7 @@ def _greedy_lookup(model, eot: int, seq: list[int], max_new_tokens: int, lookup:
         fed = torch.tensor([feed], device=rows.ids.device)
         rows.ids[:, rows.n:rows.n + len(feed)] = fed
         t0 = time.perf_counter()
-        preds = model.decode(fed, rows.cache, rows.n, last_only=False, weights=rows.weights)[0]
+        preds = rows.decode(fed, rows.cache, rows.n, last_only=False, weights=rows.weights)[0]
         preds = preds.argmax(-1).tolist()
         cost.verified(len(feed), time.perf_counter() - t0)
         ok = 0
@@ -411,13 +417,14 @@ DRAFT_MIN_WEIGHTS = 4_000_000  # below this, a pass costs its per-layer overhead
 def _draft_weights(model, draft: str) -> list | None:
     """The int8 copy's weights for drafting, when it can be built and may pay ("auto"), or "on"."""
     from ..kernels import cpu as kernels
+    from . import fast
 
     if draft == "off" or not kernels.attention_available() or model.wte.weight.device.type != "cpu":
         return None
     big = sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2 and "wpe" not in n)
     if draft == "auto" and big < DRAFT_MIN_WEIGHTS:
         return None
-    return model.decode_weights(int8=True)
+    return fast.decode_weights(model, int8=True)
 
 
 def _draft(model, rows: _Rows, token: int, k: int, weights: list, eot: int) -> list[int]:
@@ -428,7 +435,7 @@ def _draft(model, rows: _Rows, token: int, k: int, weights: list, eot: int) -> l
     drafts: list[int] = []
     t = torch.tensor([[token]], device=rows.ids.device)
     for i in range(k):
-        t = model.decode(t, rows.cache, rows.n + i, weights=weights).argmax(-1, keepdim=True)
+        t = rows.decode(t, rows.cache, rows.n + i, weights=weights).argmax(-1, keepdim=True)
         drafts.append(int(t))
         if drafts[-1] == eot:
             break

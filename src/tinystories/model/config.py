@@ -7,6 +7,7 @@ Field names are ours (hidden, layers, heads, context); `hf.py` maps them to the
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from ..errors import UserError
@@ -31,9 +32,16 @@ class ModelConfig:
     # The optional "modern" block (issue 9); the defaults are GPT-Neo as the paper trained it.
     position: str = "learned"       # learned | rope
     norm: str = "layernorm"         # layernorm | rmsnorm
-    mlp: str = "gelu"               # gelu (gelu_new, tanh approximation) | swiglu
+    mlp: str = "gelu"               # gelu (gelu_new, tanh approximation) | swiglu | relu2 (ReLU squared)
     rope_theta: float = 10_000.0
-    tie_embeddings: bool = True     # GPT-Neo ties lm_head to the token embedding
+    tie_embeddings: bool = True     # GPT-Neo ties lm_head to the token embedding; false = an untied head
+    # Block options from the speedrun record (issue 17), each off by default (gpt_neo.py applies them).
+    qk_norm: bool = False           # RMS-normalise q and k per head (no gain) before attention
+    zero_init: bool = False         # attention and MLP output projections start at zero
+    logit_softcap: float | None = None  # logits = c * tanh(logits / c)
+    value_embeddings: bool = False  # a second token table added into every layer's values (learned gain each)
+    x0_mix: bool = False            # each block's input = a * x + b * x0 (the embeddings), a, b learned per layer
+    doc_mask_token: int | None = None  # attention does not cross this token (<|endoftext|>'s id); None = it may
 
     def __post_init__(self):
         self.validate()
@@ -50,6 +58,18 @@ class ModelConfig:
         if self.mlp == "swiglu":
             return _round_up(int(8 * self.hidden / 3), 8)
         return 4 * self.hidden
+
+    @property
+    def is_paper_block(self) -> bool:
+        """GPT-Neo's block as the paper trained it (what `transformers`' GPTNeo and the flat decode path run)."""
+        return ((self.position, self.norm, self.mlp) == ("learned", "layernorm", "gelu") and self.block_options == [])
+
+    @property
+    def block_options(self) -> list[str]:
+        """The issue-17 block options this config turns on (an untied head is GPT-Neo's too)."""
+        on = [name for name in ("qk_norm", "zero_init", "value_embeddings", "x0_mix") if getattr(self, name)]
+        on += [name for name in ("logit_softcap", "doc_mask_token") if getattr(self, name) is not None]
+        return on + (["mlp=relu2"] if self.mlp == "relu2" else [])
 
     @property
     def layer_types(self) -> list[str]:
@@ -81,9 +101,14 @@ class ModelConfig:
         if len(types) != self.layers or any(t not in ("global", "local") for t in types):
             bad(f"attention list must have {self.layers} entries of 'global'/'local', got {types}")
         for name, allowed in (("position", ("learned", "rope")), ("norm", ("layernorm", "rmsnorm")),
-                              ("mlp", ("gelu", "swiglu"))):
+                              ("mlp", ("gelu", "swiglu", "relu2"))):
             if getattr(self, name) not in allowed:
                 bad(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+
+        if self.logit_softcap is not None and not (self.logit_softcap > 0 and math.isfinite(self.logit_softcap)):
+            bad(f"logit_softcap must be a positive number or none, got {self.logit_softcap!r}")
+        if self.doc_mask_token is not None and not 0 <= self.doc_mask_token < self.vocab_size:
+            bad(f"doc_mask_token must be a token id below vocab_size ({self.vocab_size}), got {self.doc_mask_token!r}")
 
     # -- (de)serialisation ---------------------------------------------------
     def to_dict(self) -> dict:
@@ -144,8 +169,11 @@ def parameter_counts(cfg: ModelConfig) -> dict[str, int]:
     norm = 2 * h if cfg.norm == "layernorm" else h
     attn = 3 * h * h + h * h + h                   # q, k, v (no bias) + out_proj (bias)
     mlp = 3 * h * f if cfg.mlp == "swiglu" else (h * f + f + f * h + h)
-    rest = cfg.layers * (2 * norm + attn + mlp) + norm
+    scalars = int(cfg.value_embeddings) + 2 * int(cfg.x0_mix)   # per layer: ve_gain, x_gains
+    rest = cfg.layers * (2 * norm + attn + mlp + scalars) + norm
     if not cfg.tie_embeddings:
+        rest += cfg.vocab_size * h
+    if cfg.value_embeddings:
         rest += cfg.vocab_size * h
     emb = cfg.vocab_size * h
     pos = cfg.context * h if cfg.position == "learned" else 0

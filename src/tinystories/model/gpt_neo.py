@@ -1,18 +1,24 @@
-"""GPT-Neo as the TinyStories paper trained it, in plain PyTorch.
+"""GPT-Neo as the TinyStories paper trained it, in plain PyTorch, with the optional modern block.
 
-Learned absolute positions, pre-LayerNorm blocks, attention layers alternating global
-and local (a local token sees itself and the `window - 1` tokens before it), attention
-scores NOT divided by sqrt(head_dim), a 4x GELU (tanh) MLP, lm_head tied to the token
-embedding. `hf.py` maps these weights to and from `transformers`' GPTNeoForCausalLM.
+The defaults are the paper's: learned absolute positions, pre-LayerNorm blocks, attention layers
+alternating global and local (a local token sees itself and the `window - 1` tokens before it,
+`in_window`), attention scores NOT divided by sqrt(head_dim), a 4x GELU (tanh) MLP, lm_head tied to
+the token embedding. `hf.py` maps these weights to and from `transformers`' GPTNeoForCausalLM.
+
+ModelConfig's options change the block, each in one place below: rope, RMSNorm, SwiGLU or ReLU²
+MLPs, QK-norm, zero-initialised output projections, an untied head, logit soft-capping, value
+embeddings, x0 mixing and document masking. This file is the one forward pass; the fast decode
+paths for generation live in `generate/fast.py` and are tested equal to it.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from ..kernels import cpu as kernels
 from .config import ModelConfig
@@ -54,6 +60,21 @@ class KVCache:
             t[:, :, :upto] = t[:, :, :upto].index_select(0, index)
 
 
+def in_window(qi: torch.Tensor, kj: torch.Tensor, window: int | None) -> torch.Tensor:
+    """The attention window, the one place it is applied: query slot qi may see key slot kj when kj
+    is not in its future and, for a local layer, among the `window` slots ending at qi (itself
+    included). The C kernels apply the same rule (kernels/csrc/kernels.c), checked by tests."""
+    allowed = kj <= qi
+    if window is not None:
+        allowed = allowed & (kj > qi - window)
+    return allowed
+
+
+def first_key(start: int, window: int | None) -> int:
+    """The first cache slot a local layer can see from slot `start` on: it reads only that slice."""
+    return 0 if window is None else max(0, start - window + 1)
+
+
 def attention_mask(q_start: int, q_len: int, k_start: int, k_len: int, window: int | None, device,
                    pad: torch.Tensor | None = None) -> torch.Tensor:
     """Boolean mask, True = may attend: [q_len, k_len], or [B, 1, q_len, k_len] with `pad`.
@@ -64,9 +85,7 @@ def attention_mask(q_start: int, q_len: int, k_start: int, k_len: int, window: i
     """
     qi = torch.arange(q_start, q_start + q_len, device=device)[:, None]
     kj = torch.arange(k_start, k_start + k_len, device=device)[None, :]
-    allowed = kj <= qi
-    if window is not None:
-        allowed &= kj > qi - window
+    allowed = in_window(qi, kj, window)
     if pad is None:
         return allowed
     real_key = kj[None] >= pad[:, None, None]         # [B, 1, S]
@@ -86,6 +105,43 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
+class Masks:
+    """The attention masks of one forward pass, built once and shared by the layers that need them.
+
+    None means no mask is needed: a fresh causal sequence (SDPA's is_causal) or a single new
+    token that may see every key its layer reads. `docs` [B, T] (document masking, a fresh
+    sequence only): the document index of each token; a query sees only keys of its own document.
+    """
+
+    def __init__(self, start: int, T: int, device, pad: torch.Tensor | None, docs: torch.Tensor | None = None):
+        self.start, self.T, self.device, self.pad, self.docs = start, T, device, pad, docs
+        self._built: dict = {}
+
+    def get(self, window: int | None, k_start: int, S: int) -> torch.Tensor | None:
+        if self.pad is None and self.docs is None:
+            if self.T == 1 and (window is None or S <= window):
+                return None
+            if self.start == 0 and k_start == 0 and S == self.T and (window is None or self.T <= window):
+                return None
+        key = (window, k_start, S)
+        if key not in self._built:
+            mask = attention_mask(self.start, self.T, k_start, S, window, self.device, self.pad)
+            if self.docs is not None:  # [B, 1, T, T]: a story never reads the one before it
+                mask = mask & (self.docs[:, None, :, None] == self.docs[:, None, None, :])
+            self._built[key] = mask
+        return self._built[key]
+
+
+@dataclass
+class Pass:
+    """What every layer of one forward pass shares."""
+    start: int                          # cache slot of the first token
+    masks: Masks
+    rope: tuple | None = None           # (cos, sin) tables for rope models
+    cache: KVCache | None = None
+    x0: torch.Tensor | None = None      # x0_mix: the token (+ position) embeddings
+    ve: torch.Tensor | None = None      # value_embeddings: the value-embedding rows of the tokens
+
 
 class SelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int):
@@ -95,33 +151,34 @@ class SelfAttention(nn.Module):
         self.window = cfg.window if cfg.layer_types[layer] == "local" else None
         self.scale = 1.0 / math.sqrt(cfg.head_dim) if cfg.scale_attn else 1.0
         self.dropout = cfg.dropout
+        self.qk_norm = cfg.qk_norm
         self.qkv = nn.Linear(cfg.hidden, 3 * cfg.hidden, bias=False)  # HF: q_proj, k_proj, v_proj stacked
         self.out_proj = nn.Linear(cfg.hidden, cfg.hidden, bias=True)
         self.resid_drop = nn.Dropout(cfg.dropout)
+        # value embeddings: v += ve_gain * (the token's value-embedding row), one gain per layer
+        self.ve_gain = nn.Parameter(torch.tensor(0.5)) if cfg.value_embeddings else None
 
-    def key_start(self, start: int, cache: KVCache | None) -> int:
-        # A local layer never looks further back than its window, so it reads only that slice.
-        if cache is None or self.window is None:
-            return 0
-        return max(0, start - self.window + 1)
-
-    def forward(self, x, rope=None, cache: KVCache | None = None, start: int = 0, masks: "Masks | None" = None):
+    def forward(self, x: torch.Tensor, p: Pass) -> torch.Tensor:
         B, T, C = x.shape
         dropout = self.dropout if self.training else 0.0
         qkv = self.qkv(x)
-        if (rope is None and cache is None and start == 0 and (masks is None or masks.pad is None)
+        plain = not self.qk_norm and p.ve is None and p.masks.docs is None
+        if (plain and p.rope is None and p.cache is None and p.start == 0 and p.masks.pad is None
                 and kernels.use_attention_kernel(qkv, self.head_dim, dropout)):
             # a fresh sequence on a CPU, small heads: the fused kernel (same math, no head transposes)
             return self.out_proj(kernels.fused_attention(qkv, self.heads, self.window, self.scale))
         q, k, v = qkv.view(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        if rope is not None:
-            cos, sin = rope[0][start:start + T], rope[1][start:start + T]
+        if self.qk_norm:  # unit RMS per head: the scores' scale no longer drifts with the weights
+            q, k = F.rms_norm(q, (self.head_dim,)), F.rms_norm(k, (self.head_dim,))
+        if p.ve is not None:
+            v = v + self.ve_gain * p.ve.view(B, T, self.heads, self.head_dim).transpose(1, 2)
+        if p.rope is not None:
+            cos, sin = p.rope[0][p.start:p.start + T], p.rope[1][p.start:p.start + T]
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        k_start = self.key_start(start, cache)
-        if cache is not None:
-            k, v = cache.update(self.layer, start, k, v, lo=k_start)
-
-        mask = masks.get(self, k_start, k.size(2)) if masks is not None else None
+        k_start = first_key(p.start, self.window) if p.cache is not None else 0
+        if p.cache is not None:
+            k, v = p.cache.update(self.layer, p.start, k, v, lo=k_start)
+        mask = p.masks.get(self.window, k_start, k.size(2))
         y = self.out_proj(attend(q, k, v, mask, self.scale, dropout).transpose(1, 2).reshape(B, T, C))
         return self.resid_drop(y) if dropout else y
 
@@ -134,39 +191,20 @@ def attend(q, k, v, mask: torch.Tensor | None, scale: float, dropout: float = 0.
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scale)
 
 
-class Masks:
-    """The attention masks of one forward pass, built once and shared by the layers that need them.
-
-    None means no mask is needed: a fresh causal sequence (SDPA's is_causal) or a single new
-    token that may see every key its layer reads.
-    """
-
-    def __init__(self, start: int, T: int, device, pad: torch.Tensor | None):
-        self.start, self.T, self.device, self.pad = start, T, device, pad
-        self._built: dict = {}
-
-    def get(self, attn: SelfAttention, k_start: int, S: int) -> torch.Tensor | None:
-        window = attn.window
-        if self.pad is None:
-            if self.T == 1 and (window is None or S <= window):
-                return None
-            if self.start == 0 and k_start == 0 and S == self.T and (window is None or self.T <= window):
-                return None
-        key = (window, k_start, S)
-        if key not in self._built:
-            self._built[key] = attention_mask(self.start, self.T, k_start, S, window, self.device, self.pad)
-        return self._built[key]
-
-
 class MLP(nn.Module):
+    """GPT-Neo's MLP, c_proj(act(c_fc(x))): act = GELU (tanh, HF's gelu_new) or ReLU squared (relu2)."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.c_fc = nn.Linear(cfg.hidden, cfg.mlp_width)
         self.c_proj = nn.Linear(cfg.mlp_width, cfg.hidden)
         self.drop = nn.Dropout(cfg.dropout)
+        self.relu2 = cfg.mlp == "relu2"
 
     def forward(self, x):
-        y = self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))  # HF's gelu_new
+        h = self.c_fc(x)
+        h = F.relu(h).square() if self.relu2 else F.gelu(h, approximate="tanh")
+        y = self.c_proj(h)
         return self.drop(y) if self.training and self.drop.p else y
 
 
@@ -196,10 +234,19 @@ class Block(nn.Module):
         self.attn = SelfAttention(cfg, layer)
         self.ln_2 = make_norm(cfg)
         self.mlp = SwiGLU(cfg) if cfg.mlp == "swiglu" else MLP(cfg)
+        # x0 mixing: the block's input is x_gain * x + x0_gain * x0 (starts as x: gains 1 and 0)
+        self.x_gains = nn.Parameter(torch.tensor([1.0, 0.0])) if cfg.x0_mix else None
 
-    def forward(self, x, rope=None, cache=None, start=0, masks=None):
-        x = x + self.attn(self.ln_1(x), rope, cache, start, masks)
+    def forward(self, x: torch.Tensor, p: Pass) -> torch.Tensor:
+        if self.x_gains is not None:
+            x = self.x_gains[0] * x + self.x_gains[1] * p.x0
+        x = x + self.attn(self.ln_1(x), p)
         return x + self.mlp(self.ln_2(x))
+
+
+def output_projections(block: Block) -> list[nn.Linear]:
+    """The layers that write into the residual stream (what zero_init zeroes)."""
+    return [block.attn.out_proj, block.mlp.down if isinstance(block.mlp, SwiGLU) else block.mlp.c_proj]
 
 
 class GPTNeo(nn.Module):
@@ -208,6 +255,7 @@ class GPTNeo(nn.Module):
         self.config = cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.hidden)
         self.wpe = nn.Embedding(cfg.context, cfg.hidden) if cfg.position == "learned" else None
+        self.vte = nn.Embedding(cfg.vocab_size, cfg.hidden) if cfg.value_embeddings else None
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.layers))
         self.ln_f = make_norm(cfg)
@@ -219,6 +267,10 @@ class GPTNeo(nn.Module):
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init_weights)
+        if cfg.zero_init:  # each block starts as the identity; its outputs grow from zero
+            for block in self.blocks:
+                for lin in output_projections(block):
+                    nn.init.zeros_(lin.weight)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -235,100 +287,6 @@ class GPTNeo(nn.Module):
         p = self.wte.weight
         return KVCache(self.config, batch, max_len or self.config.context, p.device, dtype or p.dtype)
 
-    @property
-    def flat_decode(self) -> bool:
-        """Whether `decode` runs its flat GPT-Neo arithmetic (else it calls `forward`)."""
-        c = self.config
-        return (c.position, c.norm, c.mlp) == ("learned", "layernorm", "gelu")
-
-    def decode_weights(self, int8: bool = False) -> list | None:
-        """The tensors `decode` reads, gathered once per generation (attribute lookups add up);
-        None for configs that only `forward` runs (rope, rmsnorm, swiglu). With `int8`, the matrices
-        are `kernels.Int8Weight` copies: an approximate model that drafts tokens for `generate`."""
-        if not self.flat_decode:
-            return None
-        mat = kernels.Int8Weight.quantize if int8 else (lambda w: w.detach())
-        layers = []
-        for b in self.blocks:
-            w = (b.ln_1.weight.detach(), b.ln_1.bias.detach(), mat(b.attn.qkv.weight), mat(b.attn.out_proj.weight),
-                 b.attn.out_proj.bias.detach(), b.ln_2.weight.detach(), b.ln_2.bias.detach(), mat(b.mlp.c_fc.weight),
-                 b.mlp.c_fc.bias.detach(), mat(b.mlp.c_proj.weight), b.mlp.c_proj.bias.detach())
-            layers.append((*w, b.attn, kernels.block_struct(*w)))
-        return [self.wte.weight, self.wpe.weight, self.ln_f.weight, self.ln_f.bias, mat(self.lm_head.weight), layers]
-
-    @torch.inference_mode()
-    def decode(self, idx: torch.Tensor, cache: KVCache, start: int = 0, pad: torch.Tensor | None = None,
-               last_only: bool = True, weights: list | None = None) -> torch.Tensor:
-        """Generation's forward pass: logits [B, V] after the last of idx's tokens ([B, T, V] if not
-        `last_only`), with `cache` and `pad` as in `forward`, in eval mode.
-
-        For GPT-Neo blocks this is the arithmetic of `forward` written flat: for the smallest models
-        the per-module calls of `forward` cost more than the arithmetic itself. `weights` is
-        `decode_weights()`, which a generation loop gathers once.
-        """
-        weights = weights or self.decode_weights()
-        if weights is None or self.training:
-            logits = self.forward(idx, cache=cache, start=start, pad=pad, last_only=last_only)
-            return logits[:, -1] if last_only else logits
-        wte, wpe, lnf_w, lnf_b, head, layers = weights
-        B, T = idx.shape
-        C, eps = self.config.hidden, self.config.layer_norm_eps
-        if pad is None:
-            x = wte[idx] + wpe[start:start + T]
-        else:
-            x = wte[idx] + wpe[(torch.arange(start, start + T, device=idx.device)[None, :] - pad[:, None]).clamp(min=0)]
-        masks = Masks(start, T, idx.device, pad)
-        fused = B * T <= kernels.SKINNY_MAX_ROWS and x.dtype == torch.float32
-        for i, (w1, b1, wqkv, wo, bo, w2, b2, wfc, bfc, wpr, bpr, attn, blk) in enumerate(layers):
-            if fused and blk is not None:  # the whole block in one C call (a few rows: decoding)
-                assert start + T <= cache.max_len, "KV cache overflow: the caller must slide the window"
-                if not x.is_contiguous():
-                    x = x.contiguous()
-                kernels.decode_block(x, blk, attn.heads, self.config.mlp_width, cache.k[i], cache.v[i], start,
-                                     attn.window, attn.scale, pad, eps)
-                continue
-            q, k, v = kernels.linear(F.layer_norm(x, (C,), w1, b1, eps), wqkv).view(
-                B, T, 3, attn.heads, attn.head_dim).permute(2, 0, 3, 1, 4)
-            k_start = attn.key_start(start, cache)
-            k, v = cache.update(i, start, k, v, lo=k_start)
-            y = attend(q, k, v, masks.get(attn, k_start, k.size(2)), attn.scale)
-            x = x + kernels.linear(y.transpose(1, 2).reshape(B, T, C), wo, bo)
-            h = F.gelu(kernels.linear(F.layer_norm(x, (C,), w2, b2, eps), wfc, bfc), approximate="tanh")
-            x = x + kernels.linear(h, wpr, bpr)
-        if last_only:
-            x = x[:, -1]
-        return kernels.linear(F.layer_norm(x, (C,), lnf_w, lnf_b, eps), head)
-
-    @torch.inference_mode()
-    def decode_static(self, idx: torch.Tensor, cache: KVCache, pos: torch.Tensor, pad: torch.Tensor | None,
-                      weights: list) -> torch.Tensor:
-        """`decode` of one token per row (idx [B, 1]) at cache slot `pos`, a 0-d long tensor, with
-        attention over every slot of the cache under a mask built from `pos`: no shape, address or
-        Python value depends on the step, so that a CUDA graph can capture it once and replay it.
-        Logits [B, V]. GPT-Neo blocks only (`weights` = decode_weights())."""
-        wte, wpe, lnf_w, lnf_b, head, layers = weights
-        C, eps = self.config.hidden, self.config.layer_norm_eps
-        B = idx.size(0)
-        slots = torch.arange(cache.max_len, device=idx.device)
-        if pad is None:
-            x = wte[idx] + wpe[pos].view(1, 1, C)
-            seen = (slots <= pos)[None, None, None, :]                           # [1, 1, 1, S]
-        else:
-            x = wte[idx] + wpe[(pos - pad).clamp(min=0)][:, None]
-            seen = ((slots <= pos)[None, :] & (slots[None, :] >= pad[:, None]))[:, None, None, :]  # [B, 1, 1, S]
-        index = pos.view(1)
-        for i, (w1, b1, wqkv, wo, bo, w2, b2, wfc, bfc, wpr, bpr, attn, _) in enumerate(layers):
-            q, k, v = F.linear(F.layer_norm(x, (C,), w1, b1, eps), wqkv).view(
-                B, 1, 3, attn.heads, attn.head_dim).permute(2, 0, 3, 1, 4)
-            cache.k[i].index_copy_(2, index, k)
-            cache.v[i].index_copy_(2, index, v)
-            mask = seen if attn.window is None else seen & (slots > pos - attn.window)[None, None, None, :]
-            y = F.scaled_dot_product_attention(q, cache.k[i], cache.v[i], attn_mask=mask, scale=attn.scale)
-            x = x + F.linear(y.transpose(1, 2).reshape(B, 1, C), wo, bo)
-            h = F.gelu(F.linear(F.layer_norm(x, (C,), w2, b2, eps), wfc, bfc), approximate="tanh")
-            x = x + F.linear(h, wpr, bpr)
-        return F.linear(F.layer_norm(x[:, -1], (C,), lnf_w, lnf_b, eps), head)
-
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
                 cache: KVCache | None = None, start: int = 0, last_only: bool = False,
                 pad: torch.Tensor | None = None):
@@ -339,8 +297,9 @@ class GPTNeo(nn.Module):
         `pad` [B] (generation only): row b is left-padded with pad[b] slots, so its token
         at slot s sits at position s - pad[b] and never attends to the padding.
         """
+        cfg = self.config
         B, T = idx.shape
-        assert start + T <= self.config.context, f"sequence of {start + T} exceeds context {self.config.context}"
+        assert start + T <= cfg.context, f"sequence of {start + T} exceeds context {cfg.context}"
         assert pad is None or self.wpe is not None, "left padding needs learned positions"
         x = self.wte(idx)
         if self.wpe is not None:
@@ -351,16 +310,32 @@ class GPTNeo(nn.Module):
                 x = x + self.wpe(pos.clamp(min=0))
         if self.training and self.drop.p:
             x = self.drop(x)
-        rope = (self.rope_cos, self.rope_sin) if self.wpe is None else None
-        masks = Masks(start, T, idx.device, pad)
+        p = Pass(start, Masks(start, T, idx.device, pad, self.documents(idx, cache)), cache=cache,
+                 rope=(self.rope_cos, self.rope_sin) if self.wpe is None else None,
+                 x0=x if cfg.x0_mix else None, ve=self.vte(idx) if self.vte is not None else None)
         for block in self.blocks:
-            x = block(x, rope, cache, start, masks)
+            x = block(x, p)
         x = self.ln_f(x)
         if targets is not None:
-            if kernels.use_chunked_loss(x):
+            if cfg.logit_softcap is None and kernels.use_chunked_loss(x):
                 return kernels.lm_head_loss(x.reshape(B * T, -1), self.lm_head.weight, targets.reshape(-1))
-            logits = self.lm_head(x)
+            logits = self.logits(x)
             return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         if last_only:
             x = x[:, -1:, :]
-        return self.lm_head(x)
+        return self.logits(x)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The output layer; with logit_softcap c, logits are c * tanh(logits / c), all within (-c, c)."""
+        logits = self.lm_head(x)
+        cap = self.config.logit_softcap
+        return logits if cap is None else cap * torch.tanh(logits / cap)
+
+    def documents(self, idx: torch.Tensor, cache: KVCache | None) -> torch.Tensor | None:
+        """Document masking: each token's document index, a new one at each doc_mask_token (the
+        <|endoftext|> that starts a story belongs to it). Only a fresh sequence needs it: generation
+        feeds one story, whose <|endoftext|> is its first token."""
+        eot = self.config.doc_mask_token
+        if eot is None or cache is not None:
+            return None
+        return (idx == eot).cumsum(1)

@@ -1,0 +1,146 @@
+"""The fast decode paths: GPT-Neo's block written flat for generation, beside `GPTNeo.forward`.
+
+For the smallest models the per-module calls of `forward` cost more than the arithmetic itself,
+so generation gathers the weights once (`decode_weights`) and runs the same math as plain
+function calls (`decode`), or one whole block per C call (`kernels.decode_block`) when a few rows
+are decoded. `decode_static` is the one-token step that a CUDA graph captures. An int8 copy of
+the weights (`decode_weights(model, int8=True)`) drafts tokens that `decode` then verifies.
+
+Only the paper's block has a flat path (learned positions, LayerNorm, GELU MLP, no block option);
+every other config decodes through `forward`. tests/test_generate.py and tests/test_kernels.py
+keep each path equal to `forward`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from ..kernels import cpu as kernels
+from ..model.gpt_neo import GPTNeo, KVCache, Masks, attend, first_key, in_window
+
+
+class LayerWeights(NamedTuple):
+    """One GPT-Neo block's tensors for decoding (matrices may be `kernels.Int8Weight` copies)."""
+    ln1_w: torch.Tensor
+    ln1_b: torch.Tensor
+    qkv: torch.Tensor
+    out_w: torch.Tensor
+    out_b: torch.Tensor
+    ln2_w: torch.Tensor
+    ln2_b: torch.Tensor
+    fc_w: torch.Tensor
+    fc_b: torch.Tensor
+    proj_w: torch.Tensor
+    proj_b: torch.Tensor
+    heads: int
+    head_dim: int
+    window: int | None          # None = a global layer
+    scale: float
+    block: object | None        # kernels.block_struct of the tensors above (None: per-op only)
+
+    def tensors(self) -> tuple:
+        return self[:11]
+
+
+class DecodeWeights(NamedTuple):
+    wte: torch.Tensor
+    wpe: torch.Tensor
+    lnf_w: torch.Tensor
+    lnf_b: torch.Tensor
+    head: torch.Tensor
+    layers: list[LayerWeights]
+
+
+def flat_supported(model: GPTNeo) -> bool:
+    """Whether `decode` runs the flat GPT-Neo arithmetic for this model (else it calls `forward`)."""
+    return model.config.is_paper_block
+
+
+def decode_weights(model: GPTNeo, int8: bool = False) -> DecodeWeights | None:
+    """The tensors `decode` reads, gathered once per generation (attribute lookups add up); None for
+    configs that only `forward` runs. With `int8`, the matrices are `kernels.Int8Weight` copies: an
+    approximate model that drafts tokens for `generate`."""
+    if not flat_supported(model):
+        return None
+    mat = kernels.Int8Weight.quantize if int8 else (lambda w: w.detach())
+    layers = []
+    for b in model.blocks:
+        a = b.attn
+        w = (b.ln_1.weight.detach(), b.ln_1.bias.detach(), mat(a.qkv.weight), mat(a.out_proj.weight),
+             a.out_proj.bias.detach(), b.ln_2.weight.detach(), b.ln_2.bias.detach(), mat(b.mlp.c_fc.weight),
+             b.mlp.c_fc.bias.detach(), mat(b.mlp.c_proj.weight), b.mlp.c_proj.bias.detach())
+        layers.append(LayerWeights(*w, a.heads, a.head_dim, a.window, a.scale, kernels.block_struct(*w)))
+    return DecodeWeights(model.wte.weight, model.wpe.weight, model.ln_f.weight, model.ln_f.bias,
+                         mat(model.lm_head.weight), layers)
+
+
+@torch.inference_mode()
+def decode(model: GPTNeo, idx: torch.Tensor, cache: KVCache, start: int = 0, pad: torch.Tensor | None = None,
+           last_only: bool = True, weights: DecodeWeights | None = None) -> torch.Tensor:
+    """Generation's forward pass: logits [B, V] after the last of idx's tokens ([B, T, V] if not
+    `last_only`), with `cache` and `pad` as in `GPTNeo.forward`, in eval mode. `weights` is
+    `decode_weights(model)`, which a generation loop gathers once."""
+    weights = weights or decode_weights(model)
+    if weights is None or model.training:
+        logits = model(idx, cache=cache, start=start, pad=pad, last_only=last_only)
+        return logits[:, -1] if last_only else logits
+    B, T = idx.shape
+    C, eps, mlp = model.config.hidden, model.config.layer_norm_eps, model.config.mlp_width
+    if pad is None:
+        x = weights.wte[idx] + weights.wpe[start:start + T]
+    else:
+        pos = (torch.arange(start, start + T, device=idx.device)[None, :] - pad[:, None]).clamp(min=0)
+        x = weights.wte[idx] + weights.wpe[pos]
+    masks = Masks(start, T, idx.device, pad)
+    fused = B * T <= kernels.SKINNY_MAX_ROWS and x.dtype == torch.float32
+    for i, w in enumerate(weights.layers):
+        if fused and w.block is not None:  # the whole block in one C call (a few rows: decoding)
+            assert start + T <= cache.max_len, "KV cache overflow: the caller must slide the window"
+            if not x.is_contiguous():
+                x = x.contiguous()
+            kernels.decode_block(x, w.block, w.heads, mlp, cache.k[i], cache.v[i], start, w.window, w.scale, pad, eps)
+            continue
+        q, k, v = kernels.linear(F.layer_norm(x, (C,), w.ln1_w, w.ln1_b, eps), w.qkv).view(
+            B, T, 3, w.heads, w.head_dim).permute(2, 0, 3, 1, 4)
+        k_start = first_key(start, w.window)
+        k, v = cache.update(i, start, k, v, lo=k_start)
+        y = attend(q, k, v, masks.get(w.window, k_start, k.size(2)), w.scale)
+        x = x + kernels.linear(y.transpose(1, 2).reshape(B, T, C), w.out_w, w.out_b)
+        h = F.gelu(kernels.linear(F.layer_norm(x, (C,), w.ln2_w, w.ln2_b, eps), w.fc_w, w.fc_b), approximate="tanh")
+        x = x + kernels.linear(h, w.proj_w, w.proj_b)
+    if last_only:
+        x = x[:, -1]
+    return kernels.linear(F.layer_norm(x, (C,), weights.lnf_w, weights.lnf_b, eps), weights.head)
+
+
+@torch.inference_mode()
+def decode_static(model: GPTNeo, idx: torch.Tensor, cache: KVCache, pos: torch.Tensor, pad: torch.Tensor | None,
+                  weights: DecodeWeights) -> torch.Tensor:
+    """`decode` of one token per row (idx [B, 1]) at cache slot `pos`, a 0-d long tensor, with
+    attention over every slot of the cache under a mask built from `pos`: no shape, address or
+    Python value depends on the step, so that a CUDA graph can capture it once and replay it.
+    Logits [B, V]. GPT-Neo blocks only (`weights` = decode_weights(model))."""
+    C, eps = model.config.hidden, model.config.layer_norm_eps
+    B = idx.size(0)
+    slots = torch.arange(cache.max_len, device=idx.device)
+    if pad is None:
+        x = weights.wte[idx] + weights.wpe[pos].view(1, 1, C)
+        real = torch.ones_like(slots, dtype=torch.bool)[None, None, None, :]       # [1, 1, 1, S]
+    else:
+        x = weights.wte[idx] + weights.wpe[(pos - pad).clamp(min=0)][:, None]
+        real = (slots[None, :] >= pad[:, None])[:, None, None, :]                  # [B, 1, 1, S]
+    index = pos.view(1)
+    for i, w in enumerate(weights.layers):
+        q, k, v = F.linear(F.layer_norm(x, (C,), w.ln1_w, w.ln1_b, eps), w.qkv).view(
+            B, 1, 3, w.heads, w.head_dim).permute(2, 0, 3, 1, 4)
+        cache.k[i].index_copy_(2, index, k)
+        cache.v[i].index_copy_(2, index, v)
+        mask = real & in_window(pos.view(1, 1), slots[None, :], w.window)[None, None]
+        y = F.scaled_dot_product_attention(q, cache.k[i], cache.v[i], attn_mask=mask, scale=w.scale)
+        x = x + F.linear(y.transpose(1, 2).reshape(B, 1, C), w.out_w, w.out_b)
+        h = F.gelu(F.linear(F.layer_norm(x, (C,), w.ln2_w, w.ln2_b, eps), w.fc_w, w.fc_b), approximate="tanh")
+        x = x + F.linear(h, w.proj_w, w.proj_b)
+    return F.linear(F.layer_norm(x[:, -1], (C,), weights.lnf_w, weights.lnf_b, eps), weights.head)
