@@ -9,7 +9,8 @@ import pytest
 from conftest import TRAIN_TXT, TRAIN_V2_TXT
 from tinystories.data.instruct.build import BuildConfig, build_record, build_records, candidate_sentences, word_document_frequencies, write_records
 from tinystories.data.instruct.records import FEATURES, FIELDS, as_record, format_prompt, format_record, parse_record, read_records, split_records
-from tinystories.evaluate.adherence import adherence, sentence_present, word_used
+from tinystories.data.instruct.words import word_used
+from tinystories.evaluate.adherence import adherence, sentence_present
 from tinystories.data.instruct.evalset import check_disjoint, load_instructions
 from tinystories.data.instruct.words import content_words, normalize_for_match, pos_of, split_sentences, word_tokens
 from tinystories.data.instruct.features import detect_features, has_dialogue, has_moral

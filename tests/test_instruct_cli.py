@@ -14,7 +14,8 @@ import pytest
 from conftest import TRAIN_TXT, TRAIN_V2_TXT, LocalServer, assert_one_line_error, run_cli
 from tinystories.data.instruct.build import BuildConfig, build_records, make_summarizer
 from tinystories.data.instruct.records import InstructRecord, format_instructions, format_prompt, format_record, read_records, split_records
-from tinystories.evaluate.adherence import adherence, word_used
+from tinystories.data.instruct.words import word_used
+from tinystories.evaluate.adherence import adherence
 from tinystories.data.instruct.evalset import exercise_text, load_instructions
 from tinystories.data.instruct.words import lemma, word_tokens
 

@@ -6,12 +6,7 @@ from dataclasses import dataclass, field
 
 from ..data.instruct.features import DETECTORS
 from ..data.instruct.records import InstructRecord, canonical_feature
-from ..data.instruct.words import (
-    lexicon_lemmas,
-    normalize_for_match,
-    word_forms,
-    word_tokens,
-)
+from ..data.instruct.words import normalize_for_match, uses_word, word_tokens
 
 # ---------------------------------------------------------------- adherence metrics
 
@@ -37,22 +32,6 @@ class Adherence:
                 "feature_share": self.feature_share, "features_unscored": self.unscored}
 
 
-def word_used(word: str, story: str) -> bool:
-    """Whether the story uses `word` in any inflection (run: run, runs, ran, running), any case: a story
-    word counts when it is one of `word_forms`, or when the lexicon gives it `word`'s lemma (proven: prove;
-    dared: dare, which the lexicon's inflection table lacks)."""
-    return _uses(word, {t.lower() for t in word_tokens(story)})
-
-
-def _uses(word: str, tokens: set[str]) -> bool:
-    """`word_used` on a story's lowercased word set."""
-    if word_forms(word) & tokens:
-        return True
-    word = word.strip().lower()
-    base = {word} | {l.lower() for ls in lexicon_lemmas(word).values() for l in ls}
-    return any(l.lower() in base for t in tokens for ls in lexicon_lemmas(t).values() for l in ls)
-
-
 def sentence_present(sentence: str, story: str) -> bool:
     """Whether the sentence appears in the story, ignoring case, punctuation, quotes and spacing."""
     s = normalize_for_match(sentence)
@@ -65,7 +44,7 @@ def adherence(instr: InstructRecord, story: str) -> Adherence:
     if instr.words:
         toks = {t.lower() for t in word_tokens(story)}
         for w in instr.words:
-            (a.words_used if _uses(w, toks) else a.words_missing).append(w)
+            (a.words_used if uses_word(w, toks) else a.words_missing).append(w)
         a.word_share = len(a.words_used) / len(instr.words)
     if instr.sentence:
         a.sentence_present = sentence_present(instr.sentence, story)

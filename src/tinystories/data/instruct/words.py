@@ -121,3 +121,18 @@ def word_forms(word: str) -> frozenset[str]:
     return frozenset(forms)
 
 
+def word_used(word: str, story: str) -> bool:
+    """Whether the story uses `word` in any inflection (run: run, runs, ran, running), any case: a story
+    word counts when it is one of `word_forms`, or when the lexicon gives it `word`'s lemma (proven: prove;
+    dared: dare, which the lexicon's inflection table lacks). The one matcher behind Instruct adherence and
+    synth's word gate."""
+    return uses_word(word, {t.lower() for t in word_tokens(story)})
+
+
+def uses_word(word: str, tokens: set[str]) -> bool:
+    """`word_used` on a story's lowercased word set."""
+    if word_forms(word) & tokens:
+        return True
+    word = word.strip().lower()
+    base = {word} | {l.lower() for ls in lexicon_lemmas(word).values() for l in ls}
+    return any(l.lower() in base for t in tokens for ls in lexicon_lemmas(t).values() for l in ls)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..instruct.words import QUOTES, lexicon_lemmas, word_forms, word_tokens
+from ..instruct.words import QUOTES, uses_word, word_tokens
 
 REASONS = ("empty", "refusal", "too_short", "too_long", "unbalanced_quotes", "missing_word", "duplicate",
            "cut_off", "bad_summary")
@@ -53,15 +53,6 @@ def clean_reply(text: str) -> str:
 def is_refusal(text: str) -> bool:
     """Whether a reply opens the way assistants decline ("I'm sorry", "As an AI")."""
     return bool(_REFUSAL.search(text.strip()))
-
-
-def uses_word(word: str, tokens: set[str]) -> bool:
-    """Whether lowercased story `tokens` use `word` in any inflection: one of its `word_forms`, or a token the
-    lexicon lemmatizes to it. The same rule as evaluate.adherence.word_used (which data/ may not import)."""
-    if word_forms(word) & tokens:
-        return True
-    base = {word.strip().lower()} | {l.lower() for ls in lexicon_lemmas(word.strip().lower()).values() for l in ls}
-    return any(l.lower() in base for t in tokens for ls in lexicon_lemmas(t).values() for l in ls)
 
 
 def check(story: str, words: tuple[str, ...], cfg: GateConfig = GateConfig(),
