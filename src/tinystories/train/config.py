@@ -45,7 +45,10 @@ class TrainConfig:
     # -- optimizer: AdamW, weight decay on matrices only
     lr: float = 1e-3
     min_lr_ratio: float = 0.1        # the schedule's floor, as a fraction of lr
-    lr_schedule: str = "cosine"      # cosine | constant (both after warmup)
+    lr_schedule: str = "cosine"      # cosine | wsd | constant (all after warmup; see schedule.lr_at)
+    cooldown_frac: float = 0.2       # wsd: the share of the run (steps, or the clock with max_time) that cools down
+    optimizer: str = "adamw"         # adamw | muon (Muon for the blocks' matrices, AdamW for the rest; train/optim.py)
+    muon_lr: float | None = None     # muon: its lr on AdamW's scale (match_rms_adamw); None = lr
     warmup_steps: int = 100
     decay_steps: int | None = None   # cosine length in steps; None = to the end of the run (see lr_at)
     weight_decay: float = 0.1
@@ -105,7 +108,12 @@ class TrainConfig:
         for name in ("weight_decay", "grad_clip", "eps"):
             if getattr(self, name) < 0:
                 bad(name, f"must be 0 or more, got {getattr(self, name)}")
-        for name, allowed in (("lr_schedule", ("cosine", "constant")), ("precision", ("auto", "bf16", "fp16", "fp32")),
+        if not 0.0 <= self.cooldown_frac <= 1.0:
+            bad("cooldown_frac", f"must be in [0, 1], got {self.cooldown_frac}")
+        if self.muon_lr is not None and not (self.muon_lr > 0 and math.isfinite(self.muon_lr)):
+            bad("muon_lr", f"must be a positive number, got {self.muon_lr}")
+        for name, allowed in (("lr_schedule", ("cosine", "wsd", "constant")), ("optimizer", ("adamw", "muon")),
+                              ("precision", ("auto", "bf16", "fp16", "fp32")),
                               ("compile", ("auto", "on", "off"))):
             if getattr(self, name) not in allowed:
                 bad(name, f"must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")

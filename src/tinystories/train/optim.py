@@ -1,4 +1,9 @@
-"""The optimizer."""
+"""The optimizer: AdamW, or Muon for the hidden matrices with AdamW for the rest.
+
+Both come out of `make_optimizer` as one object with `step`, `zero_grad`, `state_dict`,
+`load_state_dict` and `param_groups`, so the training loop, the grad scaler and checkpoints
+treat them alike.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +11,26 @@ import contextlib
 
 import torch
 
+from ..errors import UserError
 from .config import TrainConfig
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device):
+    """AdamW (cfg.optimizer "adamw") or `MuonAdamW` ("muon") over the model's trainable parameters."""
+    if cfg.optimizer == "muon":
+        return MuonAdamW(model, cfg, device)
+    return make_adamw(list(model.named_parameters()), cfg, device)
+
+
+def make_adamw(named: list[tuple[str, torch.nn.Parameter]], cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
     """AdamW with weight decay on every matrix (2-D weight) and none on biases and norm gains.
 
     Matrices include the token embedding (tied to the output layer) and the position table,
     as in GPT-2/nanoGPT and in the `transformers` Trainer the paper used.
     """
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    params = [p for _, p in named if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     kw = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
     if device.type in ("cuda", "cpu"):  # fused: one kernel for all parameters instead of a loop
@@ -25,3 +39,66 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
     return torch.optim.AdamW(groups, **kw)
 
 
+def is_hidden_matrix(name: str, p: torch.Tensor) -> bool:
+    """What Muon optimizes: the 2-D weights inside the blocks (attention and MLP projections).
+
+    The token/value embeddings, the position table and the output layer are lookups or a
+    classifier, not hidden linear maps, and gains, biases and mixing scalars are not matrices:
+    those stay with AdamW, as in the Muon write-ups."""
+    return p.dim() == 2 and name.startswith("blocks.")
+
+
+class MuonAdamW:
+    """`torch.optim.Muon` on the hidden matrices, AdamW on everything else, as one optimizer.
+
+    Learning-rate convention: Muon runs with adjust_lr_fn="match_rms_adamw" (Moonshot's), which
+    scales each matrix's orthogonalized update to the RMS an AdamW update has, so `muon_lr` is on
+    AdamW's scale (None = the same as `lr`; torch's own default of 1e-3 with the "original"
+    adjustment would be far too low). The loop writes the schedule's lr (on `lr`'s scale) into every
+    group; the Muon groups apply it times muon_lr / lr at each step, so both follow one schedule.
+    """
+
+    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, device: torch.device):
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        hidden = [p for n, p in named if is_hidden_matrix(n, p)]
+        self.adamw = make_adamw([(n, p) for n, p in named if not is_hidden_matrix(n, p)], cfg, device)
+        self.muon = torch.optim.Muon(hidden, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                     adjust_lr_fn="match_rms_adamw")
+        muon_lr = cfg.muon_lr or cfg.lr
+        for g in self.muon.param_groups:
+            g["lr_ratio"] = muon_lr / cfg.lr
+        self.hidden_ids = {id(p) for p in hidden}
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return self.adamw.param_groups + self.muon.param_groups
+
+    @property
+    def state(self):
+        return {**self.adamw.state, **self.muon.state}
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        assert closure is None, "MuonAdamW.step takes no closure"
+        self.adamw.step()
+        base = [g["lr"] for g in self.muon.param_groups]
+        for g in self.muon.param_groups:
+            g["lr"] = g["lr"] * g["lr_ratio"]
+        try:
+            self.muon.step()
+        finally:  # the loop's value stays what the loop wrote (state_dict and logs read it)
+            for g, lr in zip(self.muon.param_groups, base):
+                g["lr"] = lr
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.adamw.zero_grad(set_to_none=set_to_none)
+        self.muon.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"kind": "muon+adamw", "adamw": self.adamw.state_dict(), "muon": self.muon.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("kind") != "muon+adamw":
+            raise UserError("the checkpoint holds a plain AdamW state: resume it with --set optimizer=adamw")
+        self.adamw.load_state_dict(state["adamw"])
+        self.muon.load_state_dict(state["muon"])
