@@ -12,6 +12,7 @@ import asyncio
 import json
 import time
 import uuid
+from collections import deque
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, AsyncIterator
@@ -189,11 +190,10 @@ def prompt_ids(served: Served, req, text: str) -> list[int]:
 async def run_request(served: Served, request: Request, req, prompts: list[str], chat: bool):
     from fastapi.responses import JSONResponse, StreamingResponse
 
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue = asyncio.Queue()
+    queue = Inbox(asyncio.get_running_loop())
 
     def emit_for(i: int):
-        return lambda event: loop.call_soon_threadsafe(queue.put_nowait, (i, event))
+        return lambda event: queue.put((i, event))
 
     jobs = build_jobs(served, req, prompts, chat, emit_for)
     retry = {"Retry-After": str(served.limits.retry_after_s)}
@@ -220,32 +220,68 @@ async def run_request(served: Served, request: Request, req, prompts: list[str],
     return JSONResponse(out.whole())
 
 
-async def collect(out: "Output", queue: asyncio.Queue, jobs: list[Job], request: Request) -> None:
+class Inbox:
+    """Events from the engine thread to one request's coroutine. The engine appends; the loop is woken
+    once per batch of events, not once per token (a wake-up costs a syscall and a loop turn)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop, self.items, self.ready = loop, deque(), asyncio.Event()
+        self.waking = False
+
+    def put(self, item) -> None:  # engine thread
+        self.items.append(item)
+        if not self.waking:
+            self.waking = True
+            self.loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        self.waking = False
+        self.ready.set()
+
+    async def get_all(self, timeout: float | None = None) -> list:
+        """Every event that has arrived, waiting for at least one (or [] after `timeout`)."""
+        while not self.items:
+            self.ready.clear()
+            if self.items:
+                break
+            try:
+                await asyncio.wait_for(self.ready.wait(), timeout)
+            except asyncio.TimeoutError:
+                return []
+        out = []
+        while self.items:
+            out.append(self.items.popleft())
+        return out
+
+
+async def collect(out: "Output", queue: Inbox, jobs: list[Job], request: Request) -> None:
     """Wait for every choice of every job; stop paying if the client hangs up."""
     while not out.finished():
-        try:
-            i, event = await asyncio.wait_for(queue.get(), timeout=1.0)
-        except asyncio.TimeoutError:
-            if await request.is_disconnected():
-                return
-            continue
-        out.take(i, event)
-        if out.error:
-            raise ApiError(500, out.error, type="server_error")
-
-
-async def stream_events(out: "Output", queue: asyncio.Queue, jobs: list[Job]) -> AsyncIterator[str]:
-    try:
-        for chunk in out.opening_chunks():
-            yield sse(chunk)
-        while not out.finished():
-            i, event = await queue.get()
-            chunk = out.take(i, event)
+        events = await queue.get_all(timeout=1.0)
+        if not events and await request.is_disconnected():
+            return
+        for i, event in events:
+            out.take(i, event)
             if out.error:
-                yield sse(ApiError(500, out.error, type="server_error").body())
-                return
-            if chunk is not None:
-                yield sse(chunk)
+                raise ApiError(500, out.error, type="server_error")
+
+
+async def stream_events(out: "Output", queue: Inbox, jobs: list[Job]) -> AsyncIterator[str]:
+    try:
+        opening = "".join(sse(chunk) for chunk in out.opening_chunks())
+        if opening:
+            yield opening
+        while not out.finished():
+            text = []  # the events that came together go out in one write
+            for i, event in await queue.get_all():
+                chunk = out.take(i, event)
+                if out.error:
+                    yield "".join(text) + sse(ApiError(500, out.error, type="server_error").body())
+                    return
+                if chunk is not None:
+                    text.append(sse(chunk))
+            if text:
+                yield "".join(text)
         if out.req.include_usage():
             yield sse({**out.header(chunk=True), "choices": [], "usage": out.usage()})
         yield "data: [DONE]\n\n"
