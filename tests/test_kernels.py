@@ -91,11 +91,16 @@ def test_kernel_boundary_rejects_wrong_shapes_dtypes_and_arguments():
         lambda: kernels.attention_bwd(qkv, y, y, lse.transpose(1, 2).contiguous(), H, 0, 1.0),  # lse [B, T, H]
         lambda: kernels.attention_bwd(qkv, lse, y, y, H, 0, 1.0),              # arguments swapped
         lambda: kernels.attention_bwd(qkv, y.bfloat16(), y, lse, H, 0, 1.0),   # mixed dtypes
+        lambda: kernels.softmax_xent(torch.randn(3, 5), torch.tensor([0, 5, 1]), 1.0, True, torch.float32),  # target
+        lambda: kernels.softmax_xent(torch.randn(3, 5), torch.tensor([0, 1]), 1.0, True, torch.float32),     # rows
+        lambda: kernels.softmax_xent(torch.randn(3, 5), torch.tensor([0, 1, 2]).int(), 1.0, True, torch.float32),
     ]
     for call in bad_calls:
         with pytest.raises(ValueError):
             call()
-    assert torch.library.opcheck(kernels.attention_fwd, (qkv.requires_grad_(), H, 3, 0.5))["test_schema"] == "SUCCESS"
+    # the registration: schema matches what the op does, and the fake (tracing) version agrees on shapes
+    checks = torch.library.opcheck(kernels.attention_fwd, (qkv, H, 3, 0.5), test_utils=("test_schema", "test_faketensor"))
+    assert set(checks.values()) == {"SUCCESS"}
 
 
 def test_bf16_autocast_keeps_the_fast_paths_and_matches_fp32_loss():

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -119,6 +120,21 @@ def _read(path: Path) -> dict:
         return {}
 
 
+def _load() -> float:
+    """Runnable processes per core (1-minute load average): above 1, other work shares the cores."""
+    try:
+        return os.getloadavg()[0] / (os.cpu_count() or 1)
+    except OSError:
+        return 0.0
+
+
+def _stale(entry: dict) -> bool:
+    # Timed on a busy machine (more runnable processes than cores) and the machine is much quieter
+    # now: those times said more about the neighbours than about the model, so time it again.
+    then = float(entry.get("load", 0.0))
+    return then > 1.0 and _load() < then / 2
+
+
 def choose_precision(name: str, mcfg: ModelConfig, batch_size: int, context: int, device: torch.device, *,
                      seconds: float = PROBE_SECONDS, cache: Path | None = None,
                      say: Callable[[str], None] | None = None) -> PrecisionChoice:
@@ -139,7 +155,7 @@ def choose_precision(name: str, mcfg: ModelConfig, batch_size: int, context: int
     path = cache or cache_root() / CACHE_NAME
     key = cache_key(mcfg, batch_size, context, device)
     entry = _read(path).get(key)
-    if isinstance(entry, dict) and {"fp32", "bf16"} <= entry.keys():
+    if isinstance(entry, dict) and {"fp32", "bf16"} <= entry.keys() and not _stale(entry):
         speeds, cached = {p: float(entry[p]) for p in ("fp32", "bf16")}, True
     else:
         say(f"precision auto: timing a few training steps in fp32 and bf16 (about {4 * seconds:.0f}s, once per "
@@ -147,8 +163,9 @@ def choose_precision(name: str, mcfg: ModelConfig, batch_size: int, context: int
         speeds = {p: measure_speed(mcfg, batch_size, context, seconds, device, p)[0] for p in ("fp32", "bf16")}
         cached = False
         try:  # re-read: another run may have added its own entry meanwhile
-            atomic_write_json(path, {**_read(path), key: {**speeds, "model": mcfg.to_dict(), "batch": batch_size,
-                                                          "context": context, "threads": torch.get_num_threads()}})
+            atomic_write_json(path, {**_read(path), key: {**speeds, "load": _load(), "model": mcfg.to_dict(),
+                                                          "batch": batch_size, "context": context,
+                                                          "threads": torch.get_num_threads()}})
         except OSError as e:  # a read-only home costs a probe per run, nothing else
             say(f"precision auto: could not cache the result in {path} ({e})")
     choice = PrecisionChoice(pick(speeds), speeds, cached, "measured")
