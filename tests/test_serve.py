@@ -337,3 +337,15 @@ def test_cli_errors_are_one_line(tiny_model, tmp_path):
 
     assert_one_line_error(run_cli("serve", tmp_path / "missing", "--port", "0", timeout=60), "missing")
     assert_one_line_error(run_cli("serve", tiny_model, "--max-batch", "0", timeout=60), "--max-batch")
+
+
+def test_shipped_model_tells_a_story_without_model_dir():
+    from conftest import run_cli
+    from tinystories.model.shipped import shipped_model_dir
+
+    d = shipped_model_dir()
+    assert sum(f.stat().st_size for f in d.iterdir()) <= 10 * 2**20  # the 10 MB
+    proc = run_cli("generate", "Once upon a time", "--max-new-tokens", "20", "--seed", "1", "--no-stream",
+                   timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("Once upon a time") and len(proc.stdout.strip()) > len("Once upon a time")

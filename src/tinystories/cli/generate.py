@@ -26,8 +26,8 @@ InstructionFlags = view(Instructions, metavars={"words": "WORDS", "sentence": "T
 
 @dataclass
 class GenerateArgs:
-    model_dir: Annotated[Positional[str], arg(metavar="MODEL_DIR")]
-    """run or model directory"""
+    model_dir: Annotated[Positional[str | None], arg(metavar="MODEL_DIR")] = None
+    """run or model directory (default: the model that ships in the package)"""
     prompt: Annotated[Positional[str | None], arg(metavar="PROMPT")] = None
     """story beginning (default: none)"""
     sampling: SamplingFlags = field(default_factory=SamplingFlags)
@@ -69,6 +69,19 @@ def user_prompts(args: GenerateArgs) -> list[str]:
     return [args.prompt or ""]
 
 
+def use_shipped_model(args) -> None:
+    """No MODEL_DIR, or one word that is no path (`tinystories generate "Once upon a time"`): that is the
+    prompt, and the shipped model tells the story."""
+    import os
+
+    from ..model.shipped import shipped_model_dir
+
+    given = args.model_dir
+    if given is not None and (args.prompt is not None or os.path.exists(given) or os.sep in given):
+        return
+    args.prompt, args.model_dir = (given if given is not None else args.prompt), str(shipped_model_dir())
+
+
 def run(args: GenerateArgs) -> int:
     from pathlib import Path
 
@@ -77,6 +90,7 @@ def run(args: GenerateArgs) -> int:
     from ..model.modeldir import check_model_dir
 
     args.sampling.check()
+    use_shipped_model(args)
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     cfg, tok = check_model_dir(args.model_dir)  # fail in a moment, before torch loads
