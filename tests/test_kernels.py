@@ -16,13 +16,14 @@ import shutil
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TRAIN_TXT
 
+from tinystories.data.tokenizer import train_bpe
+from tinystories.generate import fast
+from tinystories.generate.sampling import generate
 from tinystories.kernels import cpu as kernels
 from tinystories.model.config import ModelConfig
-from tinystories.generate.sampling import generate
 from tinystories.model.gpt_neo import GPTNeo
-from tinystories.data.tokenizer import train_bpe
-from conftest import TRAIN_TXT
 
 pytestmark = pytest.mark.skipif(not kernels.attention_available(),
                                 reason="no C compiler: the kernels fall back to PyTorch (tested elsewhere)")
@@ -197,18 +198,18 @@ def test_fused_decode_block_equals_per_op_decode(window):
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
-    fused = model.decode_weights()
-    assert all(layer[-1] is not None for layer in fused[5])
-    plain = [*fused[:5], [layer[:-1] + (None,) for layer in fused[5]]]
+    fused = fast.decode_weights(model)
+    assert all(layer.block is not None for layer in fused.layers)
+    plain = fused._replace(layers=[layer._replace(block=None) for layer in fused.layers])
     ids = torch.randint(0, 300, (3, 310))
     pad = torch.tensor([0, 3, 30])
     caches = [model.new_cache(3, 320), model.new_cache(3, 320)]
     with torch.inference_mode():
         for c, w in zip(caches, (fused, plain)):  # prefill (many rows: per-op either way)
-            model.decode(ids[:, :280], c, 0, pad=pad, weights=w)
+            fast.decode(model, ids[:, :280], c, 0, pad=pad, weights=w)
         for s in range(280, 310, 3):  # 3 rows x 3 tokens: fused
-            a = model.decode(ids[:, s:s + 3], caches[0], s, pad=pad, weights=fused, last_only=False)
-            b = model.decode(ids[:, s:s + 3], caches[1], s, pad=pad, weights=plain, last_only=False)
+            a = fast.decode(model, ids[:, s:s + 3], caches[0], s, pad=pad, weights=fused, last_only=False)
+            b = fast.decode(model, ids[:, s:s + 3], caches[1], s, pad=pad, weights=plain, last_only=False)
             assert (a - b).abs().max() < 1e-4
         full = model(ids[:1, :310])  # row 0 has no padding: the full forward pass agrees
     assert (a[0] - full[0, -3:]).abs().max() < 1e-4
@@ -258,14 +259,14 @@ def test_static_decode_for_cuda_graphs_equals_decode():
     cfg = ModelConfig(vocab_size=300, context=300, hidden=32, layers=2, heads=4, window=16)
     torch.manual_seed(6)
     model = GPTNeo(cfg).eval()
-    w = model.decode_weights()
+    w = fast.decode_weights(model)
     ids = torch.randint(0, 300, (2, 60))
     for pad in (None, torch.tensor([0, 7])):
         c1, c2 = model.new_cache(2, 64), model.new_cache(2, 64)
         with torch.inference_mode():
-            model.decode(ids[:, :40], c1, 0, pad=pad, weights=w)
-            model.decode(ids[:, :40], c2, 0, pad=pad, weights=w)
+            fast.decode(model, ids[:, :40], c1, 0, pad=pad, weights=w)
+            fast.decode(model, ids[:, :40], c2, 0, pad=pad, weights=w)
             for n in range(40, 60):
-                a = model.decode(ids[:, n:n + 1], c1, n, pad=pad, weights=w)
-                b = model.decode_static(ids[:, n:n + 1], c2, torch.tensor(n), pad, w)
+                a = fast.decode(model, ids[:, n:n + 1], c1, n, pad=pad, weights=w)
+                b = fast.decode_static(model, ids[:, n:n + 1], c2, torch.tensor(n), pad, w)
                 assert (a - b).abs().max() < 1e-5
