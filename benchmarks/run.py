@@ -7,12 +7,13 @@ throughput, training memory.
     python benchmarks/run.py --json out.json # the numbers as JSON too
 
 Training: one optimizer step (forward, backward, clipping, AdamW) on batch 8 x 512, vocab 10K,
-16 heads, for the 1M, 8M and 33M shapes: ours as `tinystories train` runs it (precision=auto,
-compile=auto, fused CPU kernels), transformers' GPTNeoForCausalLM, and a plain nanoGPT-style
-PyTorch GPT (benchmarks/baselines.py), interleaved so that a busy machine slows all alike;
-tokens/s is the median. MFU = model FLOPs (6 x matmul weights + causal/windowed attention) x
-tokens/s over the matrix-product peak measured in the same run (fp32 on a CPU without bf16
-instructions, else the precision training uses; bf16 on a GPU).
+16 heads, for the 1M, 8M and 33M shapes: ours as `tinystories train` runs it (compile=auto, fused
+CPU kernels) in fp32 and in bf16, and what precision=auto picks for that shape (its own measurement,
+cached per machine); transformers' GPTNeoForCausalLM and a plain nanoGPT-style PyTorch GPT
+(benchmarks/baselines.py), each in both precisions, reported in its faster one. All interleaved,
+so that a busy machine slows all alike; tokens/s is the median. MFU = model FLOPs (6 x matmul
+weights + causal/windowed attention) x tokens/s over the matrix-product peak of the precision
+each uses, measured in the same run (bf16 only where the CPU has bf16 instructions, or on a GPU).
 
 Generation: greedy, single prompt, on the same weights for ours and transformers' `generate`;
 the tokens must be identical. On models TRAINED here (cached in ~/.cache/tinystories/bench, built
@@ -44,7 +45,8 @@ from tinystories.model.config import ModelConfig, preset_config
 from tinystories.model.gpt_neo import GPTNeo
 from tinystories.train.config import TrainConfig
 from tinystories.train.optim import make_optimizer
-from tinystories.runtime.device import physical_cores, resolve_precision
+from tinystories.runtime.device import cpu_has_bf16, physical_cores, resolve_precision
+from tinystories.train.precision import choose_precision
 
 SHARED = ROOT.parent / "shared" / "data" / "tinystories"
 TRAIN_FILES = ["TinyStories-train-head.txt", "TinyStoriesV2-GPT4-train-head.txt", "tinystories-sample-3000.json"]
@@ -55,6 +57,7 @@ B, T = 8, 512
 # about 10 minutes on 2 CPU cores)
 GEN_MODEL_STEPS = {"1M": (120, 3e-3), "8M": (60, 2e-3), "33M": (40, 1.5e-3)}
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def log(*a):
@@ -177,35 +180,55 @@ def _nanogpt_trainer(cfg: ModelConfig, device, precision: str):
 TRAINERS = {"ours": _ours_trainer, "transformers": _hf_trainer, "nanoGPT-style": _nanogpt_trainer}
 
 
-def bench_training(shapes, device, precision: str, peak: float, reps: int) -> list[dict]:
+def precisions(device) -> list[str]:
+    """The precisions worth timing here: bf16 needs a GPU or a CPU with bf16 instructions."""
+    if device.type == "cuda":
+        return ["fp32", "bf16"] if torch.cuda.is_bf16_supported() else ["fp32", "fp16"]
+    return ["fp32", "bf16"] if device.type == "cpu" and cpu_has_bf16() else ["fp32"]
+
+
+def bench_training(shapes, device, peaks: dict[str, float], reps: int) -> list[dict]:
     rows = []
     for shape in shapes:
         cfg = preset_config(shape)
         g = torch.Generator().manual_seed(0)
         x = torch.randint(0, cfg.vocab_size, (B, T), generator=g).to(device)
         y = torch.randint(0, cfg.vocab_size, (B, T), generator=g).to(device)
-        steps = {name: make(cfg, device, precision) for name, make in TRAINERS.items()}
-        times = {name: [] for name in steps}
+        # precision=auto's own decision for this shape (measured once per machine, then cached)
+        auto = choose_precision("auto", cfg, B, T, device).precision
+        steps = {(name, p): make(cfg, device, p) for name, make in TRAINERS.items() for p in peaks}
+        times = {key: [] for key in steps}
         warm = {}
-        for name, step in steps.items():  # warm-up: allocation, kernel choice, compilation
+        for key, step in steps.items():  # warm-up: allocation, kernel choice, compilation
             t = time.perf_counter()
             for _ in range(3 if device.type == "cuda" else 1):
                 step(x, y)
             _sync(device)
-            warm[name] = time.perf_counter() - t
+            warm[key] = time.perf_counter() - t
         for _ in range(reps):
-            for name, step in steps.items():
+            for key, step in steps.items():
                 _sync(device)
                 t = time.perf_counter()
                 step(x, y)
                 _sync(device)
-                times[name].append(time.perf_counter() - t)
+                times[key].append(time.perf_counter() - t)
         flops = train_flops_per_token(cfg, T)
-        tps = {name: B * T / statistics.median(v) for name, v in times.items()}
-        rows.append({"shape": shape, "flops_per_token": flops, "tokens_per_s": tps,
-                     "mfu": {name: v * flops / peak for name, v in tps.items()},
-                     "warmup_s": warm, "spread": {n: (B * T / max(v), B * T / min(v)) for n, v in times.items()}})
-        log(f"  train {shape}: " + ", ".join(f"{n} {v:,.0f} tok/s" for n, v in tps.items()))
+        tps = {key: B * T / statistics.median(v) for key, v in times.items()}
+        # ours in every precision and as auto runs it; each baseline in its faster precision
+        cols = {f"ours {p}": ("ours", p) for p in peaks}
+        cols["ours (auto)"] = ("ours", auto)
+        for name in TRAINERS:
+            if name != "ours":
+                cols[name] = max(((name, p) for p in peaks), key=tps.get)
+        rows.append({"shape": shape, "flops_per_token": flops, "auto": auto,
+                     "precision": {c: k[1] for c, k in cols.items()},
+                     "tokens_per_s": {c: tps[k] for c, k in cols.items()},
+                     "mfu": {c: tps[k] * flops / peaks[k[1]] for c, k in cols.items()},
+                     "all_tokens_per_s": {f"{n} {p}": v for (n, p), v in tps.items()},
+                     "warmup_s": {f"{n} {p}": v for (n, p), v in warm.items()},
+                     "spread": {f"{n} {p}": (B * T / max(v), B * T / min(v)) for (n, p), v in times.items()}})
+        log(f"  train {shape}: " + ", ".join(f"{n} {p} {v:,.0f} tok/s" for (n, p), v in tps.items())
+            + f"; auto picked {auto}")
         del steps
     return rows
 
@@ -391,18 +414,29 @@ def report(res: dict) -> str:
     m = res["machine"]
     lines = [f"machine: {m.get('cpu', '?')} ({m['physical_cores']} cores, {m.get('cpu_flags', '')})"
              + (f", GPU {m['gpu']}" if m.get("gpu") else "")
-             + f"; torch {m['torch']}, {m['threads']} threads; device {res['device']}, precision {res['precision']}",
-             f"matmul peak measured: {res['peak'] / 1e9:,.0f} GFLOP/s ({res['peak_dtype']})", ""]
+             + f"; torch {m['torch']}, {m['threads']} threads; device {res['device']}"
+             + (f"; load average {res['load'][0]:.2f} before, {res['load'][1]:.2f} after" if res.get("load") else ""),
+             "matmul peak measured: " + ", ".join(f"{v / 1e9:,.0f} GFLOP/s {p}" for p, v in res["peaks"].items()), ""]
     if "train" in res:
         names = list(res["train"][0]["tokens_per_s"])
-        lines += ["Training, batch 8 x 512, one optimizer step (tokens/s, MFU; ratio = ours / other):", "",
+        lines += ["Training, batch 8 x 512, one optimizer step (tokens/s, MFU against the peak of the precision "
+                  "used; baselines in their faster precision; ratio = ours (auto) / other):", "",
                   "| shape | GFLOP/token | " + " | ".join(names) + " | ours / transformers | ours / nanoGPT-style |",
                   "|---|---|" + "---|" * len(names) + "---|---|"]
         for r in res["train"]:
-            t, u = r["tokens_per_s"], r["mfu"]
+            t, u, p = r["tokens_per_s"], r["mfu"], r["precision"]
+            ours = t["ours (auto)"]
             lines.append(f"| {r['shape']} | {r['flops_per_token'] / 1e9:.3f} | "
-                         + " | ".join(f"{t[n]:,.0f} ({u[n]:.0%})" for n in names)
-                         + f" | {t['ours'] / t['transformers']:.2f}x | {t['ours'] / t['nanoGPT-style']:.2f}x |")
+                         + " | ".join(f"{t[n]:,.0f} ({u[n]:.0%}{'' if n.startswith('ours ') and n != 'ours (auto)' else ', ' + p[n]})"
+                                      for n in names)
+                         + f" | {ours / t['transformers']:.2f}x | {ours / t['nanoGPT-style']:.2f}x |")
+        lines += ["", "precision=auto against the better of ours fp32 and ours bf16 (issue 16: never more than 5% slower):",
+                  "", "| shape | auto picked | auto tokens/s | best tokens/s | auto / best |", "|---|---|---|---|---|"]
+        for r in res["train"]:
+            t = r["tokens_per_s"]
+            best = max(v for n, v in t.items() if n.startswith("ours ") and n != "ours (auto)")
+            lines.append(f"| {r['shape']} | {r['auto']} | {t['ours (auto)']:,.0f} | {best:,.0f} | "
+                         f"{t['ours (auto)'] / best:.1%} |")
         lines.append("")
     if "memory" in res:
         mem = res["memory"]
@@ -451,15 +485,13 @@ def main() -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     only = set(args.only.split(","))
-    precision = resolve_precision("auto", device)
-    peak_dtype = torch.bfloat16 if precision == "bf16" else torch.float16 if precision == "fp16" else torch.float32
     t0 = time.time()
-    res = {"machine": machine(), "device": str(device), "precision": precision,
-           "peak": matmul_peak(device, peak_dtype), "peak_dtype": str(peak_dtype).replace("torch.", "")}
-    log(f"matmul peak {res['peak'] / 1e9:,.0f} GFLOP/s ({res['peak_dtype']})")
+    res = {"machine": machine(), "device": str(device), "load": [os.getloadavg()[0]],
+           "peaks": {p: matmul_peak(device, DTYPES[p]) for p in precisions(device)}}
+    log("matmul peak " + ", ".join(f"{v / 1e9:,.0f} GFLOP/s {p}" for p, v in res["peaks"].items()))
     reps = 3 if args.quick else 5
     if "train" in only:
-        res["train"] = bench_training(args.shapes, device, precision, res["peak"], reps)
+        res["train"] = bench_training(args.shapes, device, res["peaks"], reps)
     if "memory" in only:
         res["memory"] = bench_memory("33M", device)
     if "generate" in only:
@@ -469,6 +501,7 @@ def main() -> None:
     if "tokenizer" in only:
         res["tokenizer"] = bench_tokenizer()
     res["seconds"] = time.time() - t0
+    res["load"].append(os.getloadavg()[0])
     print(report(res))
     print(f"({res['seconds']:.0f} s)")
     if args.json:
