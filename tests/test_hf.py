@@ -258,3 +258,51 @@ def test_export_with_the_gpt_neo_tokenizer(tmp_path):
     save_model(tmp_path / "trunc", GPTNeo(cfg.replace(vocab_size=1000)), trunc)
     assert_one_line_error(run_cli("export", tmp_path / "trunc", "--out", tmp_path / "x"),
                           "cannot be exported", "50258 tokens")
+
+
+# ------------------------------------------------------------------ Llama export (issue 17)
+
+@pytest.mark.parametrize("variant", [{}, {"tie_embeddings": False, "scale_attn": True, "attention": "global"}])
+def test_modern_block_exports_as_llama_with_the_same_logits_and_greedy_text(variant, tok, tmp_path):
+    """rope + RMSNorm + SwiGLU (the budget recipe's block) is Llama's: AutoModelForCausalLM loads the
+    export as LlamaForCausalLM, the logits agree to 1e-4 and greedy decoding writes the same tokens."""
+    from tinystories.generate.sampling import generate, prompt_ids
+
+    cfg = ModelConfig(vocab_size=VOCAB, context=128, hidden=64, layers=2, heads=4, window=128,
+                      position="rope", norm="rmsnorm", mlp="swiglu", **variant)
+    torch.manual_seed(2)
+    model = GPTNeo(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():  # norms and the output bias away from their trivial init
+            p.add_(torch.randn_like(p) * 0.05)
+    save_model(tmp_path / "ours", model, tok)
+    export_hf(tmp_path / "ours", tmp_path / "hf")
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", local_files_only=True).eval()
+    assert type(hf).__name__ == "LlamaForCausalLM"
+    ids = torch.randint(0, VOCAB, (2, 128), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert (hf(ids).logits - model(ids)).abs().max() < 1e-4
+    for prompt in ("Once upon a time", "Tom and Sue went to the park. They"):
+        ours = generate(model, tok, [prompt], max_new_tokens=40, temperature=0)[0][0].tokens
+        start = torch.tensor([prompt_ids(tok, prompt)])
+        theirs = hf.generate(start, attention_mask=torch.ones_like(start), max_new_tokens=40, do_sample=False,
+                             pad_token_id=tok.eot_id)[0, start.size(1):].tolist()
+        if tok.eot_id in theirs:
+            theirs = theirs[:theirs.index(tok.eot_id)]
+        assert ours == theirs
+
+
+def test_what_transformers_cannot_express_is_a_one_line_export_error(tok, tmp_path):
+    base = {"vocab_size": VOCAB, "context": 64, "hidden": 32, "layers": 2, "heads": 4}
+    llama = {"position": "rope", "norm": "rmsnorm", "mlp": "swiglu"}
+    cases = [({**llama, "window": 16}, "local window of 16 < context 64"),
+             ({**llama, "qk_norm": True}, "qk_norm"),
+             ({"value_embeddings": True, "logit_softcap": 30.0}, "value_embeddings, logit_softcap"),
+             ({"position": "rope"}, "position=rope, norm=layernorm, mlp=gelu")]
+    for i, (kw, needle) in enumerate(cases):
+        save_model(tmp_path / f"m{i}", GPTNeo(ModelConfig(**base, **kw)), tok)
+        with pytest.raises(UserError, match="cannot be exported") as e:  # the CLI prints it as one line
+            export_hf(tmp_path / f"m{i}", tmp_path / f"x{i}")
+        assert needle in str(e.value) and "\n" not in str(e.value)
+        assert not (tmp_path / f"x{i}").exists()

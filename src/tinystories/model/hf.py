@@ -62,17 +62,30 @@ def _expand(cfg: ModelConfig) -> list[tuple[str, str | tuple[str, ...]]]:
 
 # ------------------------------------------------------------------ config
 
+def export_class(cfg: ModelConfig) -> str:
+    """The `transformers` class that expresses `cfg` exactly, or a one-line UserError saying why none does.
+
+    GPT-Neo's block exports as GPTNeoForCausalLM. rope + RMSNorm + SwiGLU is Llama's block, so it exports
+    as LlamaForCausalLM when every layer sees the whole context (Llama has no local attention)."""
+    if cfg.block_options:
+        raise UserError("this model cannot be exported to transformers: its block options "
+                        f"({', '.join(cfg.block_options)}) have no transformers GPT-Neo or Llama equivalent")
+    if cfg.is_paper_block:
+        return "GPTNeoForCausalLM"
+    if (cfg.position, cfg.norm, cfg.mlp) == ("rope", "rmsnorm", "swiglu"):
+        local = [i for i, t in enumerate(cfg.layer_types) if t == "local"]
+        if local and cfg.window < cfg.context:
+            raise UserError(f"this model cannot be exported to transformers' Llama: layers {local} attend to a "
+                            f"local window of {cfg.window} < context {cfg.context} and Llama attends globally")
+        return "LlamaForCausalLM"
+    raise UserError("this model cannot be exported to transformers: GPT-Neo needs position=learned, norm=layernorm, "
+                    f"mlp=gelu and Llama needs rope, rmsnorm, swiglu; it has position={cfg.position}, "
+                    f"norm={cfg.norm}, mlp={cfg.mlp}")
+
+
 def check_exportable(cfg: ModelConfig) -> None:
-    """A UserError unless GPT-Neo can express `cfg` exactly."""
-    why = []
-    if cfg.position != "learned":
-        why.append(f"position={cfg.position} (GPT-Neo has learned positions)")
-    if cfg.norm != "layernorm":
-        why.append(f"norm={cfg.norm} (GPT-Neo has LayerNorm)")
-    if cfg.mlp != "gelu":
-        why.append(f"mlp={cfg.mlp} (GPT-Neo has a GELU MLP)")
-    if why:
-        raise UserError("this model cannot be exported to transformers' GPT-Neo: " + "; ".join(why))
+    """A UserError unless a transformers class can express `cfg` exactly."""
+    export_class(cfg)
 
 
 def attention_types(layer_types: list[str]) -> list:
@@ -85,9 +98,10 @@ def attention_types(layer_types: list[str]) -> list:
 
 
 def to_hf_config(cfg: ModelConfig, tokenizer: Tokenizer | None = None) -> dict:
-    """The transformers GPT-Neo config.json for `cfg`."""
-    check_exportable(cfg)
+    """The transformers config.json for `cfg`: GPT-Neo, or Llama for the rope + RMSNorm + SwiGLU block."""
     eot = tokenizer.eot_id if tokenizer is not None else None
+    if export_class(cfg) == "LlamaForCausalLM":
+        return to_llama_config(cfg, eot)
     return {
         "architectures": ["GPTNeoForCausalLM"],
         "model_type": "gpt_neo",
@@ -104,6 +118,37 @@ def to_hf_config(cfg: ModelConfig, tokenizer: Tokenizer | None = None) -> dict:
         "attention_dropout": cfg.dropout,
         "resid_dropout": cfg.dropout,
         "layer_norm_epsilon": cfg.layer_norm_eps,
+        "initializer_range": 0.02,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "bos_token_id": eot,
+        "eos_token_id": eot,
+        "use_cache": True,
+        "torch_dtype": "float32",
+    }
+
+
+def to_llama_config(cfg: ModelConfig, eot: int | None) -> dict:
+    """config.json of the LlamaForCausalLM that computes what our rope + RMSNorm + SwiGLU model does.
+
+    attention_bias is on because our out_proj has a bias (Llama's flag covers q/k/v too: they get zeros)."""
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": cfg.vocab_size,
+        "max_position_embeddings": cfg.context,
+        "hidden_size": cfg.hidden,
+        "intermediate_size": cfg.mlp_width,
+        "num_hidden_layers": cfg.layers,
+        "num_attention_heads": cfg.heads,
+        "num_key_value_heads": cfg.heads,
+        "head_dim": cfg.head_dim,
+        "hidden_act": "silu",
+        "rms_norm_eps": cfg.layer_norm_eps,
+        "rope_theta": cfg.rope_theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+        "attention_bias": True,
+        "mlp_bias": False,
+        "attention_dropout": 0.0,
         "initializer_range": 0.02,
         "tie_word_embeddings": cfg.tie_embeddings,
         "bos_token_id": eot,
@@ -157,11 +202,13 @@ def _collapse(types: list[str]) -> str | list[str]:
 # ------------------------------------------------------------------ weights
 
 def to_hf_state(model: GPTNeo) -> dict[str, torch.Tensor]:
-    """Our state dict renamed to transformers' names (fp32, CPU, contiguous)."""
+    """Our state dict renamed to transformers' names (fp32, CPU, contiguous): GPT-Neo's or Llama's."""
     import torch
 
     cfg = model.config
     ours = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
+    if export_class(cfg) == "LlamaForCausalLM":
+        return to_llama_state(cfg, ours)
     out = {}
     for name, theirs in _expand(cfg):
         t = ours[name]
@@ -174,6 +221,33 @@ def to_hf_state(model: GPTNeo) -> dict[str, torch.Tensor]:
         else:
             out[theirs] = t.contiguous()
     return out
+
+
+def to_llama_state(cfg: ModelConfig, ours: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our rope + RMSNorm + SwiGLU weights under LlamaForCausalLM's names: the whole mapping, in one place."""
+    import torch
+
+    out = {"model.embed_tokens.weight": ours["wte.weight"], "model.norm.weight": ours["ln_f.weight"]}
+    if not cfg.tie_embeddings:
+        out["lm_head.weight"] = ours["lm_head.weight"]
+    for i in range(cfg.layers):
+        ours_i, hf = f"blocks.{i}.", f"model.layers.{i}."
+        q, k, v = ours[ours_i + "attn.qkv.weight"].chunk(3, dim=0)
+        if not cfg.scale_attn:  # Llama always divides scores by sqrt(head_dim): undo it inside q
+            q = q * math.sqrt(cfg.head_dim)
+        gate, up = ours[ours_i + "mlp.gate_up.weight"].chunk(2, dim=0)
+        out.update({
+            hf + "input_layernorm.weight": ours[ours_i + "ln_1.weight"],
+            hf + "self_attn.q_proj.weight": q, hf + "self_attn.k_proj.weight": k, hf + "self_attn.v_proj.weight": v,
+            hf + "self_attn.o_proj.weight": ours[ours_i + "attn.out_proj.weight"],
+            hf + "self_attn.o_proj.bias": ours[ours_i + "attn.out_proj.bias"],
+            hf + "post_attention_layernorm.weight": ours[ours_i + "ln_2.weight"],
+            hf + "mlp.gate_proj.weight": gate, hf + "mlp.up_proj.weight": up,
+            hf + "mlp.down_proj.weight": ours[ours_i + "mlp.down.weight"],
+        })
+        for name in ("q_proj", "k_proj", "v_proj"):  # attention_bias covers them; ours have none
+            out[hf + f"self_attn.{name}.bias"] = torch.zeros(cfg.hidden)
+    return {k: v.contiguous() for k, v in out.items()}
 
 
 def from_hf_state(cfg: ModelConfig, state: dict[str, torch.Tensor], source: str) -> GPTNeo:
