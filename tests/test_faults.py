@@ -23,7 +23,6 @@ import struct
 from pathlib import Path
 
 import pytest
-
 from conftest import EVAL_PROMPTS, SHARED, TRAIN_TXT
 
 # ---------------------------------------------------------------- the workspace
@@ -200,7 +199,7 @@ def _run_variants(base: Path, root: Path) -> dict[str, Path]:
         out[name] = d
         return d
 
-    ckpt = sorted((base / "checkpoints").glob("step-*"))[-1].name
+    ckpt = max((base / "checkpoints").glob("step-*")).name
     _write(variant("r_config_syntax") / "train_config.json", "{")
     _write(variant("r_config_binary") / "train_config.json", BINARY)
     _write(variant("r_config_list") / "train_config.json", "[]")
@@ -233,8 +232,8 @@ FILES = {
     "f_number_yaml": ("number.yaml", b"42\n"),
     "f_bad_json": ("bad.json", b"[1, "),
     "f_binary_txt": ("binary-prompts.txt", BINARY),
-    "f_probes_accept_string": ("probes.yaml", b"- category: factual\n  prompt: Tom was thirsty and drank\n"
-                                              b"  accept: water\n"),
+    "f_probes_accept_string": ("probes.yaml", (b"- category: factual\n  prompt: Tom was thirsty and drank\n"
+                                               b"  accept: water\n")),
     "f_probes_no_prompt": ("probes-noprompt.yaml", b"- category: factual\n  accept: [water]\n"),
     "f_probes_bad_category": ("probes-cat.yaml", b"- category: nonsense\n  prompt: Tom drank\n  accept: [water]\n"),
     "f_instr_unknown_feature": ("instr-feature.txt", b"Words: dog, run, happy\nFeatures: Dialogue, Explosions\n"),

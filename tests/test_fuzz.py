@@ -16,14 +16,18 @@ from pathlib import Path
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from tinystories.data import sources  # noqa: E402
-from tinystories.data.instruct.records import (  # noqa: E402
-    FEATURES, InstructRecord, format_record, parse_record)
-from tinystories.data.sources import EOT, iter_stories, normalize  # noqa: E402
-from tinystories.errors import UserError  # noqa: E402
+from tinystories.data import sources
+from tinystories.data.instruct.records import (
+    FEATURES,
+    InstructRecord,
+    format_record,
+    parse_record,
+)
+from tinystories.data.sources import EOT, iter_stories, normalize
+from tinystories.errors import UserError
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

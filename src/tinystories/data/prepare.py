@@ -15,16 +15,23 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from ..errors import UserError
-from .sources import Source, iter_stories, resolve_source, story_hash
-from .tokenizer import GPT2_VOCAB_SIZE, Tokenizer, gpt2_base, gpt2_id_map, gpt_neo_tokenizer, train_bpe
-from ..runtime.files import atomic_dir, atomic_write_json, check_apart
 from ..runtime.console import progress
+from ..runtime.files import atomic_dir, atomic_write_json, check_apart
+from .sources import Source, iter_stories, resolve_source, story_hash
+from .tokenizer import (
+    GPT2_VOCAB_SIZE,
+    Tokenizer,
+    gpt2_base,
+    gpt2_id_map,
+    gpt_neo_tokenizer,
+    train_bpe,
+)
 
 DATA_FORMAT = "tinystories-data"
 DATA_VERSION = 1
@@ -39,7 +46,7 @@ SPLITS = ("train", "val")
 # takes half a minute to train on, 2 MB never finishes). Longer runs are cut into pieces of this many
 # characters: decoding gives back the same text, only the token boundaries inside the run differ.
 MAX_WORD_CHARS = 128
-_LONG_RUN = re.compile(r"\S{%d,}" % (MAX_WORD_CHARS + 1))
+_LONG_RUN = re.compile(rf"\S{{{MAX_WORD_CHARS + 1},}}")
 
 
 def split_long_words(text: str) -> list[str]:
@@ -408,8 +415,8 @@ class DataDir:
 
     path: Path
     meta: dict
-    train: "object"  # numpy.memmap
-    val: "object"
+    train: object  # numpy.memmap
+    val: object
 
     @property
     def vocab_size(self) -> int:

@@ -16,8 +16,8 @@ exactly, and `meta["gpt2_ids"][i]` is the GPT-2 id of our id i (-1 for the unkno
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from tokenizers import Tokenizer as HFTokenizer
 
@@ -46,7 +46,7 @@ class Tokenizer:
 
     # -- io -----------------------------------------------------------------
     @classmethod
-    def load(cls, directory: str | Path) -> "Tokenizer":
+    def load(cls, directory: str | Path) -> Tokenizer:
         directory = Path(directory)
         path = directory / TOKENIZER_FILE
         if not path.is_file():

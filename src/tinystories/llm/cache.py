@@ -17,7 +17,6 @@ from typing import Any
 
 from ..errors import UserError
 
-
 RECORD_START = b'{"key": "'  # how json.dumps({"key": ..., ...}) begins: the mark of our files
 
 

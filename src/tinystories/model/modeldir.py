@@ -14,15 +14,15 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .config import ModelConfig
 from ..errors import UserError
 from ..runtime.files import atomic_write_bytes, atomic_write_json
+from .config import ModelConfig
 
 if TYPE_CHECKING:
     import torch
 
-    from .gpt_neo import GPTNeo
     from ..data.tokenizer import Tokenizer
+    from .gpt_neo import GPTNeo
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
