@@ -145,6 +145,7 @@ def neuron_section(n: dict, layer: int) -> str:
     for e in top:
         parts = []
         for i, t in enumerate(e["sentence"]):
+            t = t.replace("\n", "\u23ce")  # a line break, visible
             if i == e["at"]:
                 alpha = max(0.15, min(1.0, e["activation"] / mx)) if mx > 0 else 1.0
                 parts.append(f"<span class=\"hit\" style=\"background:rgba(255,60,60,{alpha:.2f})\">{esc(t)}</span>")

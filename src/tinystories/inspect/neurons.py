@@ -37,7 +37,10 @@ class StoryView:
         self.ends = [i for i, t in enumerate(self.texts) if _ends_sentence(t, i)]
 
     def sentence(self, p: int) -> tuple[int, int]:
-        """[start, end) of the sentence holding token p, cut to SENTENCE_MAX tokens each side."""
+        """[start, end) of the sentence holding token p, cut to SENTENCE_MAX tokens each side; a line
+        break shows with the sentence it ends."""
+        if p > 1 and not self.texts[p].strip():
+            return self.sentence(p - 1)[0], p + 1
         start = max([e + 1 for e in self.ends if e < p], default=1)
         end = min([e + 1 for e in self.ends if e >= p], default=len(self.ids))
         return max(start, p - SENTENCE_MAX), min(end, p + SENTENCE_MAX + 1)
@@ -54,7 +57,7 @@ class StoryView:
 
     def category(self, p: int, names: frozenset[str]) -> str:
         a, b = self.word(p)
-        word = "".join(self.texts[a:b]).strip()
+        word = "".join(self.texts[a:b])
         start = a <= 1 or any(e == a - 1 for e in self.ends) or _after_open_quote(self.texts, a, self.ends)
         prev = None
         if a > 1:

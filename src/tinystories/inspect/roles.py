@@ -1,17 +1,18 @@
 """A word's role in its sentence, from the project's lexicon (lemminflect) plus closed word classes.
 
 Categories: NAME, PRON, DET, AUX, FUNC (prepositions, conjunctions, particles), NOUN, VERB, ADJ, ADV,
-PUNCT, OTHER. No tagger reads the sentence: a word the lexicon files under several parts of speech
-("play", "park") takes the one its previous word suggests (after a determiner or adjective: NOUN; after
-a pronoun, a name, "to" or an auxiliary: VERB), else OTHER. That is crude, and the same crude rule
-scores the shuffled control, so a neuron's purity above the control's is still evidence of a role.
+PUNCT, BREAK (a line break), OTHER. No tagger reads the sentence: a word the lexicon files under several
+parts of speech ("play", "park") takes the one its previous word suggests (after a determiner or
+adjective: NOUN; after a pronoun, a name, "to" or an auxiliary: VERB), else OTHER. That is crude, and the
+same crude rule scores the shuffled control, so a neuron's purity above the control's is still evidence
+of a role.
 """
 
 from __future__ import annotations
 
 import functools
 
-CATEGORIES = ("NAME", "PRON", "DET", "AUX", "FUNC", "NOUN", "VERB", "ADJ", "ADV", "PUNCT", "OTHER")
+CATEGORIES = ("NAME", "PRON", "DET", "AUX", "FUNC", "NOUN", "VERB", "ADJ", "ADV", "PUNCT", "BREAK", "OTHER")
 
 _PRON = frozenset(["i", "me", "you", "he", "him", "she", "it", "we", "us", "they", "them", "myself", "yourself", "himself", "herself", "itself", "ourselves", "themselves", "mine", "yours", "hers", "ours", "theirs", "who", "what", "everyone", "someone", "something", "nothing", "anything", "everything"])
 _DET = frozenset(["the", "a", "an", "this", "that", "these", "those", "my", "your", "his", "her", "its", "our", "their", "some", "any", "every", "each", "no", "all", "one", "two", "three", "both", "another"])
@@ -33,7 +34,7 @@ def category(word: str, sentence_start: bool, previous: str | None, names: froze
     (lowercased, or "NAME"/"ADJ" when that word was one). `names`: words seen capitalized mid-sentence."""
     w = word.strip()
     if not any(c.isalpha() for c in w):
-        return "PUNCT" if w else "OTHER"
+        return "PUNCT" if w else ("BREAK" if "\n" in word else "OTHER")
     low = w.lower().replace("\u2019", "'")
     if w[0].isupper() and low != "i" and (not sentence_start or low in names or
                                           (not _lexicon(low) and low not in _PRON | _DET | _AUX | _FUNC)):
