@@ -285,3 +285,19 @@ def test_memory_is_flat_in_stories(tiny_data):
     r = scan_neurons(model, tok, stories, layer=0, k=2)
     assert r["stories"] == 60 and r["stories_kept_max"] <= 4 * 2 + 1
     assert len(r["neurons"]) == 4 and all(len(n["top"]) == 2 for n in r["neurons"])
+
+
+def test_both_verbs_on_the_modern_block(tiny_data, tmp_path):
+    """rope + RMSNorm + SwiGLU with a local layer: both verbs run, a SwiGLU neuron is silu(gate) * up."""
+    from tinystories.inspect.run import inspect_attention, inspect_neurons
+
+    tok = Tokenizer.load(tiny_data)
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=tok.vocab_size, hidden=32, layers=2, heads=4, context=64, window=8, position="rope",
+                      norm="rmsnorm", mlp="swiglu", attention=["local", "global"])
+    save_model(tmp_path / "m", GPTNeo(cfg).eval(), tok)
+    a = inspect_attention(tmp_path / "m", text=STORY, stories=3, data=str(VALID_TXT))
+    local = a["text"]["probs"][0]
+    assert all(sum(row[:-8]) == 0 for head in local for row in head)  # nothing outside the window of 8
+    n = inspect_neurons(tmp_path / "m", layer=0, stories=3, k=4, data=str(VALID_TXT))
+    assert len(n["neurons"]) == cfg.mlp_width and (tmp_path / "m" / "inspect" / "neurons.html").is_file()
