@@ -123,3 +123,20 @@ def test_the_checker_sees_a_cycle_and_an_upward_import(tmp_path, monkeypatch):
         assert "data.a -> model.b -> data.a" in str(e)
     else:
         raise AssertionError("the cycle was not seen")
+
+
+def test_the_readme_layout_names_every_subpackage_and_module():
+    """The README's Layout table is how a newcomer finds things: it must match the tree."""
+    readme = (PKG.parents[1] / "README.md").read_text(encoding="utf-8")
+    layout = readme.split("\n## Layout", 1)[1].split("\n## ", 1)[0]
+    missing = []
+    for p in sorted(PKG.rglob("*.py")):
+        rel = p.relative_to(PKG)
+        if rel.name == "__init__.py" or "__pycache__" in rel.parts:
+            continue
+        if rel.name not in layout:
+            missing.append(str(rel))
+    for d in sorted(q for q in PKG.iterdir() if (q / "__init__.py").is_file()):
+        if f"{d.name}/" not in layout:
+            missing.append(f"{d.name}/")
+    assert not missing, f"the README's Layout section does not name: {missing}"
