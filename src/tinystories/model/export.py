@@ -1,4 +1,5 @@
-"""`tinystories export`: a model directory (ours, or a GPT-Neo one) as a `transformers` directory.
+"""`tinystories export`: a model directory (ours, or a GPT-Neo one) as a `transformers` directory:
+GPTNeoForCausalLM for GPT-Neo's block, LlamaForCausalLM for rope + RMSNorm + SwiGLU (`hf.export_class`).
 
 It reads through `modeldir` and converts through `hf`, so neither of those needs the other's export side.
 """
@@ -13,12 +14,11 @@ from .modeldir import check_model_dir, load_model
 
 
 def export_hf(model_dir: str | Path, out_dir: str | Path, force: bool = False) -> Path:
-    """Write `model_dir` (ours, or a GPT-Neo dir) as a transformers GPT-Neo directory at `out_dir`.
+    """Write `model_dir` (ours, or a GPT-Neo dir) as a transformers GPT-Neo or Llama directory at `out_dir`.
 
     The result loads offline with AutoModelForCausalLM / AutoTokenizer.from_pretrained.
     """
     from safetensors.torch import save_file
-
 
     cfg, tok = check_model_dir(model_dir)  # what can be wrong is found before torch loads
     hf_cfg = to_hf_config(cfg, tok)
