@@ -389,6 +389,14 @@ def test_the_shared_tiny_model_is_a_trained_run(tiny_model):
 
 # --------------------------------------------------------------------------- one writer per run directory
 
+def _wait_until(condition, proc: subprocess.Popen, seconds: float = 120) -> None:
+    """Poll until `condition()` holds while the training process `proc` is still running."""
+    deadline = time.time() + seconds
+    while not condition():
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()
+        time.sleep(0.01)
+
+
 def test_a_second_train_on_the_same_out_fails_at_once_and_the_first_is_unharmed(data_dir, tmp_path):
     out = tmp_path / "shared-out"
     args = ["train", "--data", str(data_dir), "--out", str(out), *map(str, TINY_ARGS), "--set", "samples=0",
@@ -397,10 +405,7 @@ def test_a_second_train_on_the_same_out_fails_at_once_and_the_first_is_unharmed(
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         lock = tmp_path / ".shared-out.lock"
-        deadline = time.time() + 120
-        while not (lock.is_file() and lock.read_text().strip() == str(first.pid)):
-            assert first.poll() is None and time.time() < deadline, first.stderr.read()
-            time.sleep(0.01)
+        _wait_until(lambda: lock.is_file() and lock.read_text().strip() == str(first.pid), first)
         for extra in ([], ["--force"], ["--resume"]):  # whatever the second one asks for
             second = run_cli(*args, "--max-steps", 5, *extra)
             assert_one_line_error(second, f"--out {out}", "in use", str(first.pid))
@@ -424,10 +429,7 @@ def test_a_killed_runs_lock_is_taken_over(data_dir, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "tinystories", *args, "--max-steps", "2000"], env=cli_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.time() + 120
-        while ckpt.latest_checkpoint(out) is None:
-            assert proc.poll() is None and time.time() < deadline, proc.stderr.read()
-            time.sleep(0.01)
+        _wait_until(lambda: ckpt.latest_checkpoint(out) is not None, proc)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait()
