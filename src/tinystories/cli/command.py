@@ -23,7 +23,6 @@ import dataclasses
 import functools
 import inspect
 import sys
-import textwrap
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -252,17 +251,29 @@ def view(config: type, *, names: dict[str, str] | None = None, metavars: dict[st
 
 @functools.cache
 def field_docs(cls: type) -> dict[str, str]:
-    """The docstrings under a dataclass's fields (`x: int = 1` then `\"\"\"help\"\"\"`), by field name."""
+    """The docstrings under a dataclass's fields (`x: int = 1` then `\"\"\"help\"\"\"`), by field name, its bases' too."""
     docs: dict[str, str] = {}
     for klass in reversed(cls.__mro__):
-        try:
-            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
-        except (OSError, TypeError, SyntaxError):
-            continue
-        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
-        for stmt, nxt in pairwise(body):
-            if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and \
-                    isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) and \
-                    isinstance(nxt.value.value, str):
-                docs[stmt.target.id] = inspect.cleandoc(nxt.value.value)
+        module = sys.modules.get(klass.__module__) if klass.__module__ not in ("builtins", "types") else None
+        docs.update(_module_docs(getattr(module, "__file__", None) or "").get(klass.__qualname__, {}))
     return docs
+
+
+@functools.cache
+def _module_docs(path: str) -> dict[str, dict[str, str]]:
+    """Field docstrings of every top-level class in a source file (one parse per file, not per class:
+    inspect.getsource re-reads the file for each class, 70 ms of `evaluate gpt-eval --help`)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+    except (OSError, SyntaxError, ValueError):
+        return {}
+    out: dict[str, dict[str, str]] = {}
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef):
+            out[node.name] = {stmt.target.id: inspect.cleandoc(nxt.value.value)
+                              for stmt, nxt in pairwise(node.body)
+                              if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
+                              and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
+                              and isinstance(nxt.value.value, str)}
+    return out
