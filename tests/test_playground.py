@@ -46,12 +46,16 @@ def test_playground_streams_a_story_and_shows_alternatives(tiny_model, browser, 
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
 
-    model_dir = os.environ.get("TINYSTORIES_PLAYGROUND_MODEL") or tiny_model  # the README's shot uses the shipped model
-    srv = Server(model_dir, "--threads", 1)
+    # the README's shot: TINYSTORIES_PLAYGROUND_MODEL=shipped (the model in the box)
+    shipped = os.environ.get("TINYSTORIES_PLAYGROUND_MODEL") == "shipped"
+    if shipped:
+        from tinystories.model.shipped import shipped_model_dir
+    name = "tinystories-shipped" if shipped else "tiny"
+    srv = Server(shipped_model_dir() if shipped else tiny_model, "--threads", 1, name=name)
     try:
         browser.get(srv.url + "/")
         wait = WebDriverWait(browser, 60)
-        wait.until(EC.text_to_be_present_in_element((By.ID, "model"), "tiny"))
+        wait.until(EC.text_to_be_present_in_element((By.ID, "model"), name))
         # nothing on the page comes from elsewhere
         sources = browser.execute_script(
             "return [...document.querySelectorAll('[src],[href]')].map(e => e.src || e.href)")

@@ -29,12 +29,12 @@ PROMPTS = ["Once upon a time", "Tom had a red ball. One day", "", "The little ca
 class Server:
     """`tinystories serve MODEL --port 0 ...` in a subprocess; the URL comes from its first line."""
 
-    def __init__(self, model_dir, *flags):
+    def __init__(self, model_dir, *flags, name: str = "tiny"):
         self.proc = subprocess.Popen([sys.executable, "-m", "tinystories", "serve", str(model_dir), "--port", "0",
-                                      "--model-name", "tiny", *map(str, flags)], stdout=subprocess.PIPE,
+                                      "--model-name", name, *map(str, flags)], stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, env=cli_env())
         line = self.proc.stdout.readline()
-        assert "serving tiny at http://127.0.0.1:" in line, (line, self.proc.stderr.read() if self.proc.poll() else "")
+        assert f"serving {name} at http://127.0.0.1:" in line, (line, self.proc.stderr.read() if self.proc.poll() else "")
         self.url = line.split(" at ")[1].split()[0]
         self.client = openai.OpenAI(base_url=self.url + "/v1", api_key="none", max_retries=0, timeout=60)
 
