@@ -13,7 +13,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from test_serve import Server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -16,7 +16,6 @@ import threading
 import time
 
 import pytest
-
 from conftest import cli_env
 
 openai = pytest.importorskip("openai")
@@ -130,7 +129,7 @@ def test_chat_streaming_logprobs_and_n(server, reference):
     assert all(len(t.top_logprobs) == 2 for t in content)
 
     # n > 1 with a seed: n different samples, the same again for the same seed, streamed or not
-    kw = dict(model="tiny", prompt=PROMPTS[0], max_tokens=30, temperature=1.0, n=3, seed=7)
+    kw = {"model": "tiny", "prompt": PROMPTS[0], "max_tokens": 30, "temperature": 1.0, "n": 3, "seed": 7}
     a = server.client.completions.create(**kw)
     b = server.client.completions.create(**kw)
     assert [c.index for c in a.choices] == [0, 1, 2]
@@ -238,8 +237,8 @@ def test_load_32_streams_and_bad_requests(server, reference):
         return text, reason
 
     async def bad(k):
-        kinds = [dict(model="nope", prompt="a"), dict(model="tiny", prompt="a", max_tokens=1000),
-                 dict(model="tiny", prompt="a", top_p=0), dict(model="tiny", prompt="a", extra_body={"bogus": 1})]
+        kinds = [{"model": "nope", "prompt": "a"}, {"model": "tiny", "prompt": "a", "max_tokens": 1000},
+                 {"model": "tiny", "prompt": "a", "top_p": 0}, {"model": "tiny", "prompt": "a", "extra_body": {"bogus": 1}}]
         try:
             await client.completions.create(**kinds[k % 4])
         except openai.NotFoundError:
@@ -341,6 +340,7 @@ def test_cli_errors_are_one_line(tiny_model, tmp_path):
 
 def test_shipped_model_tells_a_story_without_model_dir():
     from conftest import run_cli
+
     from tinystories.model.shipped import shipped_model_dir
 
     d = shipped_model_dir()

@@ -13,9 +13,10 @@ import json
 import time
 import uuid
 from collections import deque
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, AsyncIterator
+from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 
@@ -246,7 +247,7 @@ class Inbox:
                 break
             try:
                 await asyncio.wait_for(self.ready.wait(), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return []
         out = []
         while self.items:
@@ -254,7 +255,7 @@ class Inbox:
         return out
 
 
-async def collect(out: "Output", queue: Inbox, jobs: list[Job], request: Request) -> None:
+async def collect(out: Output, queue: Inbox, jobs: list[Job], request: Request) -> None:
     """Wait for every choice of every job; stop paying if the client hangs up."""
     while not out.finished():
         events = await queue.get_all(timeout=1.0)
@@ -266,7 +267,7 @@ async def collect(out: "Output", queue: Inbox, jobs: list[Job], request: Request
                 raise ApiError(500, out.error, type="server_error")
 
 
-async def stream_events(out: "Output", queue: Inbox, jobs: list[Job]) -> AsyncIterator[str]:
+async def stream_events(out: Output, queue: Inbox, jobs: list[Job]) -> AsyncIterator[str]:
     try:
         opening = "".join(sse(chunk) for chunk in out.opening_chunks())
         if opening:

@@ -18,8 +18,9 @@ import math
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
@@ -207,7 +208,7 @@ class Engine:
                             + self.pending[0].sampling.n <= self.max_batch:
                         admitted.append(self.pending.popleft())
                 for job in admitted:
-                    self._guard(job, lambda: self._admit(job))
+                    self._guard(job, self._admit)
                 self._drop_cancelled()
                 if self.rows:
                     try:
@@ -219,7 +220,7 @@ class Engine:
 
     def _guard(self, job: Job, fn) -> None:
         try:
-            fn()
+            fn(job)
         except Exception as e:  # noqa: BLE001
             self.rows = [r for r in self.rows if r.job is not job]
             job.emit(("error", None, f"decoding failed: {e}", None))

@@ -9,7 +9,7 @@ value only. Extensions: `top_k`, `ignore_eos`, and the TinyStories-Instruct fiel
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Union
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -31,25 +31,25 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     model: str
-    max_tokens: Optional[int] = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: Optional[int] = Field(None, ge=1)                 # extension
+    top_k: int | None = Field(None, ge=1)                 # extension
     n: int = Field(1, ge=1, le=128)
-    stop: Union[str, list[str], None] = None
-    seed: Optional[int] = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
     stream: bool = False
-    stream_options: Optional[dict] = None
+    stream_options: dict | None = None
     ignore_eos: bool = False                                  # extension (as vLLM's)
-    words: Union[str, list[str], None] = None                 # Instruct extension
-    features: Union[str, list[str], None] = None
-    sentence: Optional[str] = None
-    summary: Optional[str] = None
+    words: str | list[str] | None = None                 # Instruct extension
+    features: str | list[str] | None = None
+    sentence: str | None = None
+    summary: str | None = None
     # accepted for compatibility, at their neutral value only
-    user: Optional[str] = None
+    user: str | None = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
-    logit_bias: Optional[dict] = None
+    logit_bias: dict | None = None
 
     def neutral_checks(self) -> None:
         for name in ("presence_penalty", "frequency_penalty"):
@@ -69,11 +69,11 @@ class _Request(BaseModel):
 
 
 class CompletionRequest(_Request):
-    prompt: Union[str, list[str]]
-    logprobs: Optional[int] = Field(None, ge=0, le=5)
+    prompt: str | list[str]
+    logprobs: int | None = Field(None, ge=0, le=5)
     echo: bool = False
-    best_of: Optional[int] = None
-    suffix: Optional[str] = None
+    best_of: int | None = None
+    suffix: str | None = None
 
     def neutral_checks(self) -> None:
         super().neutral_checks()
@@ -88,21 +88,21 @@ class CompletionRequest(_Request):
 class ContentPart(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
     type: str
-    text: Optional[str] = None
+    text: str | None = None
 
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: Union[str, list[ContentPart], None] = None
-    name: Optional[str] = None
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
 
 
 class ChatRequest(_Request):
     messages: list[Message] = Field(min_length=1)
     logprobs: bool = False
-    top_logprobs: Optional[int] = Field(None, ge=0, le=20)
-    max_completion_tokens: Optional[int] = Field(None, ge=1)
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    max_completion_tokens: int | None = Field(None, ge=1)
 
     def story_start(self) -> str:
         """The last user message: the story's beginning."""
