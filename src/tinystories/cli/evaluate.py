@@ -9,11 +9,6 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from .command import Command, Positional, arg, view
-from .instruct import (
-    INSTRUCT_EVAL_DESCRIPTION,
-    evaluate_instruct_cli,
-    instruct_eval_args,
-)
 
 MODEL = {"model_dir": "MODEL_DIR", "out": "DIR"}
 
@@ -47,6 +42,44 @@ def _diversity_args() -> type:
     from ..evaluate.diversity import DiversityConfig
 
     return view(DiversityConfig, positional=("model_dir",), required=("train",), metavars={**MODEL, "train": "SOURCE"})
+
+
+INSTRUCT_EVAL_DESCRIPTION = (
+    "For each instruction set, write stories and report the share of required words used (inflections "
+    "count), whether the required sentence appears, and whether the detectable features (Dialogue, "
+    "MoralValue) are present; with --judge-model, also the paper's grades (grammar, creativity, consistency "
+    "with the instructions, plot). Reports go to MODEL_DIR/eval/instruct.json and .md (or --out).")
+
+
+def instruct_eval_args() -> type:
+    from ..evaluate.instruct import InstructEvalConfig
+
+    return view(InstructEvalConfig, positional=("model_dir",), types={"judge": judge_flags()}, hide=("batch_size",),
+                metavars={"model_dir": "MODEL_DIR", "out": "DIR", "instructions": "FILE", "limit": "N",
+                          "words_probe": "RECORDS", "judge_model": "NAME"})
+
+
+def evaluate_instruct_cli(a) -> int:
+    from ..errors import UserError
+    from ..evaluate.common import fmt
+    from ..evaluate.instruct import LABELS, evaluate_instruct, probe_line
+
+    if a.judge.url and not a.judge_model:
+        raise UserError("--judge-url needs --judge-model (the model to ask for)")
+    r = evaluate_instruct(a)
+    st = r["settings"]
+    mode = "story start only (--plain)" if st["plain"] else "instruction prompts"
+    print(f"{len(r['sets'])} instruction sets x {st['samples']} stories, {mode}")
+    for k, v in r["summary"].items():
+        if isinstance(v, dict):
+            lo, hi = v["ci95"]
+            ci = "" if lo is None else f"  (95% {lo:.3f}-{hi:.3f})"
+            print(f"{LABELS.get(k, k.replace('judge_', 'judge: ')):<30} {fmt(v['mean'], 3)}{ci}")
+    if r["words_probe"]:
+        print(probe_line(r["words_probe"]))
+    if "judge_unparseable" in r["summary"]:
+        print(f"judge: {r['summary']['judge_unparseable']} unparseable")
+    return 0
 
 
 @dataclass

@@ -119,46 +119,6 @@ def _check(args: CheckArgs) -> int:
     return 0
 
 
-# ---------------------------------------------------------------- `evaluate instruct` (registered in cli/evaluate.py)
-
-INSTRUCT_EVAL_DESCRIPTION = (
-    "For each instruction set, write stories and report the share of required words used (inflections "
-    "count), whether the required sentence appears, and whether the detectable features (Dialogue, "
-    "MoralValue) are present; with --judge-model, also the paper's grades (grammar, creativity, consistency "
-    "with the instructions, plot). Reports go to MODEL_DIR/eval/instruct.json and .md (or --out).")
-
-
-def instruct_eval_args() -> type:
-    from ..evaluate.instruct import InstructEvalConfig
-    from .evaluate import judge_flags
-
-    return view(InstructEvalConfig, positional=("model_dir",), types={"judge": judge_flags()}, hide=("batch_size",),
-                metavars={"model_dir": "MODEL_DIR", "out": "DIR", "instructions": "FILE", "limit": "N",
-                          "words_probe": "RECORDS", "judge_model": "NAME"})
-
-
-def evaluate_instruct_cli(a) -> int:
-    from ..evaluate.common import fmt
-    from ..evaluate.instruct import LABELS, evaluate_instruct, probe_line
-
-    if a.judge.url and not a.judge_model:
-        raise UserError("--judge-url needs --judge-model (the model to ask for)")
-    r = evaluate_instruct(a)
-    st = r["settings"]
-    mode = "story start only (--plain)" if st["plain"] else "instruction prompts"
-    print(f"{len(r['sets'])} instruction sets x {st['samples']} stories, {mode}")
-    for k, v in r["summary"].items():
-        if isinstance(v, dict):
-            lo, hi = v["ci95"]
-            ci = "" if lo is None else f"  (95% {lo:.3f}-{hi:.3f})"
-            print(f"{LABELS.get(k, k.replace('judge_', 'judge: ')):<30} {fmt(v['mean'], 3)}{ci}")
-    if r["words_probe"]:
-        print(probe_line(r["words_probe"]))
-    if "judge_unparseable" in r["summary"]:
-        print(f"judge: {r['summary']['judge_unparseable']} unparseable")
-    return 0
-
-
 COMMAND = Command(
     "instruct", help="build TinyStories-Instruct records from plain stories; check evaluation sets",
     description="TinyStories-Instruct (paper section 2.1): each story preceded by a random subset of instructions "
