@@ -9,7 +9,6 @@ import sys
 import typing
 
 import pytest
-
 from conftest import assert_one_line_error, cli_env, run_cli
 
 from tinystories.cli import COMMANDS

@@ -104,11 +104,12 @@ COMMAND = Command("train", config=TrainArgs, run=run, description=EXAMPLES,
 def format_summary(s: dict) -> str:
     from ..runtime.console import format_duration
 
+    processes = f", {s['processes']} processes" if s["processes"] > 1 else ""
     lines = [
         f"run       {s['run_dir']}  ({s['preset']}, {s['parameters'] / 1e6:.2f}M parameters)",
-        f"trained   {s['steps']:,} steps, {s['tokens']:,} tokens in {format_duration(s['time_s'])}: "
-        f"{s['tokens_per_s']:,.0f} tokens/s ({s['device']}, {s['precision']}, {s['threads']} threads"
-        f"{', %d processes' % s['processes'] if s['processes'] > 1 else ''}); stopped by {s['stopped']}",
+        (f"trained   {s['steps']:,} steps, {s['tokens']:,} tokens in {format_duration(s['time_s'])}: "
+         f"{s['tokens_per_s']:,.0f} tokens/s ({s['device']}, {s['precision']}, {s['threads']} threads"
+         f"{processes}); stopped by {s['stopped']}"),
     ]
     if s.get("budget"):
         b, r = s["budget"], s["budget"]["row"]

@@ -125,7 +125,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict, where: str = "train config") -> "TrainConfig":
+    def from_dict(cls, d: dict, where: str = "train config") -> TrainConfig:
         """Build from plain values (TOML, JSON, --set strings), converting and checking each one.
 
         The keys of `d` are the ones the user gave (`given`), unless `d` says which (a saved config)."""
@@ -143,7 +143,7 @@ class TrainConfig:
                 raise UserError(_unknown_key(key, [*_TRAIN_FIELDS, *(f"model.{k}" for k in _MODEL_FIELDS)], where))
         return cls(**values)
 
-    def replace(self, **changes) -> "TrainConfig":
+    def replace(self, **changes) -> TrainConfig:
         return TrainConfig.from_dict({**self.to_dict(), **changes})
 
 
