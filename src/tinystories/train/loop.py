@@ -39,7 +39,7 @@ from ..model.modeldir import save_model
 from ..runtime.console import format_duration, progress
 from ..runtime.device import AUTOCAST, physical_cores
 from ..runtime.distributed import Dist, barrier, broadcast, gather, init_distributed
-from ..runtime.files import atomic_dir, atomic_write_json
+from ..runtime.files import atomic_dir, atomic_write_json, check_apart
 from . import checkpoint as ckpt
 from .batches import TokenWindows
 from .budget import wanted as budget_wanted
@@ -145,6 +145,8 @@ def open_run(cfg: TrainConfig, dist_: Dist, device: torch.device, resume: bool, 
     run_dir = Path(cfg.out)
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"--out {run_dir} is a file, not a run directory; choose another --out")
+    if cfg.data:
+        check_apart(run_dir, [cfg.data])  # before any --force decision: never replace the data the run reads
     start_ckpt = None
     if resume:
         if not (run_dir / CONFIG_FILE).is_file():
@@ -167,6 +169,7 @@ def open_run(cfg: TrainConfig, dist_: Dist, device: torch.device, resume: bool, 
             raise UserError(f"--force: {run_dir} is not a training run directory; not deleting it")
     if not cfg.data:
         raise UserError("--data is required: a DATA_DIR from `tinystories prepare`")
+    check_apart(run_dir, [cfg.data])  # a resumed run's data comes from its saved config
     return Run(cfg=cfg, dist=dist_, device=device, run_dir=run_dir, resume=resume, start_ckpt=start_ckpt)
 
 
@@ -251,14 +254,10 @@ def build(run: Run, force: bool) -> None:
     torch.manual_seed(cfg.seed)
     run.raw_model = model = GPTNeo(run.mcfg)
     barrier(dist_)
-    if dist_.main:
-        if not run.resume:
-            with atomic_dir(run.run_dir, force=force) as tmp:
-                save_model(tmp, model, run.tokenizer, extra={"training": {"step": 0, "tokens": 0}})
-                atomic_write_json(tmp / CONFIG_FILE, cfg.to_dict())
-        else:
-            ckpt.clean_stale(run.run_dir)
-            atomic_write_json(run.run_dir / CONFIG_FILE, cfg.to_dict())
+    if dist_.main and not run.resume:
+        with atomic_dir(run.run_dir, force=force) as tmp:
+            save_model(tmp, model, run.tokenizer, extra={"training": {"step": 0, "tokens": 0}})
+            atomic_write_json(tmp / CONFIG_FILE, cfg.to_dict())
     barrier(dist_)
     model.to(run.device)
     run.optimizer = make_optimizer(model, cfg, run.device)
@@ -267,13 +266,18 @@ def build(run: Run, force: bool) -> None:
     if run.start_ckpt is not None:
         _restore(run)
     run.start_samples = run.samples
+    run.log = RunLog(run.run_dir, dist_.main, run.step if run.resume else None, cfg.tensorboard)
+    if dist_.main and run.resume:
+        # Only now, with the checkpoint and the log read: a resume that fails on them leaves the run as it was.
+        ckpt.clean_stale(run.run_dir)
+        atomic_write_json(run.run_dir / CONFIG_FILE, cfg.to_dict())
+    barrier(dist_)
     if run.use_compile:
         model = torch.compile(model)
     if dist_.on:
         from torch.nn.parallel import DistributedDataParallel as DDP
         model = DDP(model, device_ids=[run.device.index] if run.device.type == "cuda" else None)
     run.model = model
-    run.log = RunLog(run.run_dir, dist_.main, run.step if run.resume else None, cfg.tensorboard)
 
 
 def _restore(run: Run) -> None:

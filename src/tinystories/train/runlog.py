@@ -29,7 +29,11 @@ class RunLog:
             return
         if resume_step is not None and self.path.is_file():
             # Keep what the checkpoint covers; the steps after it will be logged again.
-            for line in self.path.read_text().splitlines():
+            try:
+                text = self.path.read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                raise UserError(f"{self.path}: not a metrics log (not UTF-8 text); move it away and --resume again") from None
+            for line in text.splitlines():
                 with contextlib.suppress(json.JSONDecodeError):
                     r = json.loads(line)
                     if r.get("step", 0) <= resume_step:
