@@ -246,7 +246,10 @@ def view(config: type, *, names: dict[str, str] | None = None, metavars: dict[st
         else:
             spec = dataclasses.field(kw_only=f.kw_only)
         fields.append((f.name, Annotated[(hint, *marks)], spec))
-    return dataclasses.make_dataclass(config.__name__, fields, bases=(config,))
+    cls = dataclasses.make_dataclass(config.__name__, fields, bases=(config,))
+    # the renames, for error messages that name the flag as typed (LLMConfig.flag: "--judge-url -1: ...")
+    cls.__flag_names__ = {**getattr(config, "__flag_names__", {}), **names}
+    return cls
 
 
 @functools.cache

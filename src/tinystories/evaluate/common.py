@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import random
 from pathlib import Path
 
@@ -39,6 +40,24 @@ def model_fingerprint(model_dir: str | Path) -> str:
 
 def report_dir(model_dir: str | Path, out: str | Path | None) -> Path:
     return Path(out) if out is not None else Path(model_dir) / REPORT_DIR
+
+
+def check_report_dir(out_dir: str | Path) -> None:
+    """UserError now if `out_dir` could not be made and written later (after minutes of generating, or a paid
+    judge). Nothing is left behind: the nearest existing folder gets a probe directory, removed at once
+    (os.access would say yes to root even where the file system refuses, as under /sys)."""
+    import tempfile
+
+    out_dir = Path(out_dir)
+    base = out_dir
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        raise UserError(f"--out {out_dir}: {base} is not a directory; pass another --out")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".probe-", dir=base))
+    except OSError as e:
+        raise UserError(f"--out {out_dir}: cannot write the report there ({e.strerror}); pass another --out") from None
 
 
 def write_report(out_dir: str | Path, kind: str, report: dict, markdown: str | None = None) -> Path:

@@ -21,7 +21,7 @@ from ..errors import UserError
 from ..runtime.console import progress
 from ..llm.cache import JsonlCache, key
 from ..llm.config import JudgeConfig, flat_keywords
-from .common import check_model_dir, fmt, mean_ci, model_fingerprint, report_dir, write_report
+from .common import check_model_dir, check_report_dir, fmt, mean_ci, model_fingerprint, report_dir, write_report
 from ..llm.judge import Judge, JudgeTemplate
 
 HUB_REPO = "roneneldan/TinyStories"
@@ -128,11 +128,16 @@ def load_prompts(path: str | Path | None, cache_dir: str | Path | None = None) -
 def gpt_eval(cfg: GptEvalConfig) -> dict:
     """Run GPT-Eval; write gpt_eval.json and gpt_eval.md into the report dir and return the report."""
     model_dir = check_model_dir(cfg.model_dir)
+    if cfg.limit is not None and cfg.limit < 1:
+        raise UserError(f"--limit {cfg.limit}: give the number of prompts to evaluate (at least 1)")
+    if cfg.samples < 1:
+        raise UserError(f"--samples must be at least 1, got {cfg.samples}")
+    cfg.judge.check()  # a config built from Python and changed since gets the CLI's checks too
+    # before generating and paying the judge: a report that cannot be written would waste both
+    check_report_dir(report_dir(model_dir, cfg.out))
     prompts = load_prompts(cfg.prompts)
     if cfg.limit:
         prompts = prompts[:cfg.limit]
-    if cfg.samples < 1:
-        raise UserError(f"--samples must be at least 1, got {cfg.samples}")
     template = JudgeTemplate.load(cfg.judge.template)
     cache = JsonlCache(cfg.judge.cache_file("gpt-eval.jsonl"))
     client = cfg.judge.client(cfg.judge_model, what="judge")

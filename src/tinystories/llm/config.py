@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,29 @@ class LLMConfig:
     """answers already paid for (default: a file in ~/.cache/tinystories, or $TINYSTORIES_CACHE)"""
     no_cache: bool = False
     """do not read or write the cache"""
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def flag(self, name: str) -> str:
+        """The flag of field `name` as this verb spells it (--judge-url, --llm-url: cli/command.py `view` records
+        the renames on the class), so that an error names what the user typed."""
+        return "--" + getattr(type(self), "__flag_names__", {}).get(name, name.replace("_", "-"))
+
+    def check(self) -> None:
+        """UserError (one line, naming the flag) for a value that would fail later, deep in a socket or a retry
+        loop, or after the model has been loaded and run: every verb that asks an LLM gets the same checks."""
+        from ..errors import UserError
+
+        if self.url is not None and not self.url.startswith(("http://", "https://")):
+            raise UserError(f"{self.flag('url')} {self.url}: expected http(s)://host[:port]/v1")
+        t = self.timeout
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
+            raise UserError(f"{self.flag('timeout')} {t}: expected a positive number of seconds")
+        _at_least(self, "concurrency", 1)
+        _at_least(self, "retries", 0)
+        if not (isinstance(self.backoff, (int, float)) and math.isfinite(self.backoff) and self.backoff >= 0):
+            raise UserError(f"{self.flag('backoff')} {self.backoff}: expected seconds, 0 or more")
 
     def resolved_url(self) -> str:
         return self.url or os.environ.get("TINYSTORIES_JUDGE_URL") or OPENAI_URL
@@ -68,6 +92,18 @@ class JudgeConfig(LLMConfig):
     """judge conversation template (YAML); default: the packaged one for this evaluation"""
     parse_retries: int = 2
     """times to ask again when the grades cannot be read"""
+
+    def check(self) -> None:
+        super().check()
+        _at_least(self, "parse_retries", 0)
+
+
+def _at_least(block: LLMConfig, name: str, low: int) -> None:
+    from ..errors import UserError
+
+    value = getattr(block, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise UserError(f"{block.flag(name)} {value}: expected a whole number, {low} or more")
 
 
 def flat_keywords(block: str, names: dict[str, str]):

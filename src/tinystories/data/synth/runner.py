@@ -279,6 +279,8 @@ def validate(cfg: SynthConfig) -> tuple[Vocabulary, Template]:
         raise UserError(f"--max-words {cfg.max_words} is below --min-words {cfg.min_words}")
     if not 0 <= cfg.feature_prob <= 1:
         raise UserError(f"--feature-prob {cfg.feature_prob}: must be between 0 and 1")
+    if not 0 <= cfg.temperature < float("inf"):  # NaN fails too
+        raise UserError(f"--temperature {cfg.temperature}: must be a finite number, 0 or more")
     if cfg.max_tokens is not None and cfg.max_tokens < 1:
         raise UserError(f"--max-tokens {cfg.max_tokens}: must be a positive number of tokens")
     if cfg.max_cost is not None and (cfg.price_in is None or cfg.price_out is None):
