@@ -65,8 +65,8 @@ def run(args: TrainArgs) -> int:
     if args.max_tokens is not None:
         try:
             max_tokens = int(float(args.max_tokens))
-        except ValueError:
-            raise UserError(f"--max-tokens {args.max_tokens!r}: expected a number, e.g. 5e6") from None
+        except (ValueError, OverflowError):  # "abc", "nan"; "inf" overflows int()
+            raise UserError(f"--max-tokens {args.max_tokens!r}: expected a finite number, e.g. 5e6") from None
     max_time = parse_duration(args.max_time, "--max-time") if args.max_time is not None else None
 
     from ..train.config import CONFIG_FILE, build_config
@@ -78,6 +78,9 @@ def run(args: TrainArgs) -> int:
         if not saved.is_file():
             raise UserError(f"--resume: {args.out} is not a training run directory (no {CONFIG_FILE})")
         base = json.loads(saved.read_text())
+        if not isinstance(base, dict):  # "[]" or "3": valid JSON, but not the settings build_config reads
+            raise UserError(f"{saved}: not a training config (expected a JSON object of settings); "
+                            "restore it or start a new run with --force")
     cfg = build_config(recipe=args.config, sets=args.sets, base=base, data=args.data, out=args.out,
                        preset=args.preset, max_steps=args.max_steps, max_tokens=max_tokens, max_time=max_time,
                        device=args.device)

@@ -58,6 +58,8 @@ def evaluate_loss(cfg: LossConfig) -> dict:
     model_dir = check_model_dir(cfg.model_dir)
     if cfg.max_tokens is not None and cfg.max_tokens < 1:
         raise UserError(f"--max-tokens must be positive, got {cfg.max_tokens}")
+    if cfg.batch_size < 1:  # 0 would score nothing forever (a negative one hung the reader)
+        raise UserError(f"--batch-size must be at least 1, got {cfg.batch_size}")
     model, tok = load_model(model_dir, device=resolve_device(cfg.device))
     context = model_config(model).context
     if is_data_dir(cfg.data):      # other folders are sources (a local Hugging Face dataset)
