@@ -96,6 +96,10 @@ def run(args: GenerateArgs) -> int:
     cfg, tok = check_model_dir(args.model_dir)  # fail in a moment, before torch loads
     prompts = [build_prompt(args, t) for t in user_prompts(args)]
     encode_prompts(tok, prompts, cfg.context)
+    if args.out:  # --force must not let --out replace the model's own files (or the prompts it reads)
+        from ..runtime.files import check_apart
+
+        check_apart(args.out, [args.model_dir, args.prompts])
     if args.out and Path(args.out).exists() and not args.force:
         raise UserError(f"--out {args.out} already exists; pass --force to replace it")
 

@@ -61,11 +61,13 @@ class CheckArgs:
 def _build(args: BuildArgs) -> int:
     from ..data.sources import iter_stories
     from ..runtime.console import progress
+    from ..runtime.files import check_apart
 
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit {args.limit}: must be a positive number of stories")
     if args.draws < 1:
         raise UserError(f"--draws {args.draws}: must be a positive number of records per story")
+    check_apart(args.out, args.sources)  # before the word-frequency pass; write_records checks again
     llm = args.summarizer
     if (llm.url is None) != (args.summarizer_model is None):
         raise UserError("--summarizer-url and --summarizer-model go together; give both or neither")
@@ -94,7 +96,7 @@ def _build(args: BuildArgs) -> int:
             progress(itertools.islice(stories(), n_df), desc="word frequencies", unit="story", total=n_df))
     cfg = BuildConfig(seed=args.seed, word_df=df)
     passes = itertools.chain.from_iterable(stories() for _ in range(args.draws))
-    n = write_records(build_records(passes, cfg, summarize), args.out, force=args.force,
+    n = write_records(build_records(passes, cfg, summarize), args.out, force=args.force, inputs=args.sources,
                                progress_desc="instruct build",
                                total=None if args.limit is None else args.limit * args.draws)
     print(f"wrote {n} instruct records to {args.out}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..runtime.files import atomic_dir, atomic_write_json
+from ..runtime.files import atomic_dir, atomic_write_json, check_apart
 from .hf import check_tokenizer_fits, to_hf_config, to_hf_state
 from .modeldir import check_model_dir, load_model
 
@@ -20,6 +20,7 @@ def export_hf(model_dir: str | Path, out_dir: str | Path, force: bool = False) -
     """
     from safetensors.torch import save_file
 
+    check_apart(out_dir, [model_dir])  # an --out inside the model (or holding it) would be replaced with --force
     cfg, tok = check_model_dir(model_dir)  # what can be wrong is found before torch loads
     hf_cfg = to_hf_config(cfg, tok)
     check_tokenizer_fits(tok, cfg, model_dir)

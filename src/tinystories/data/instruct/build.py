@@ -98,12 +98,15 @@ def build_records(stories: Iterable[str], cfg: BuildConfig = BuildConfig(),
 
 
 def write_records(records: Iterable[InstructRecord], out: str | Path, *, force: bool = False,
-                  progress_desc: str | None = None, total: int | None = None) -> int:
+                  progress_desc: str | None = None, total: int | None = None,
+                  inputs: Iterable[str | Path] = ()) -> int:
     """Write records in the official txt format (each record, then a `<|endoftext|>` line), streamed
-    into a temporary sibling that replaces `out` only when all is written. Returns the count."""
+    into a temporary sibling that replaces `out` only when all is written. Returns the count.
+    `inputs` (the sources the records come from) must not be `out`, contain it or lie under it."""
     from ...runtime.console import progress
-    from ...runtime.files import fsync_dir
+    from ...runtime.files import check_apart, fsync_dir
 
+    check_apart(out, inputs)  # with --force, out == source would replace the stories being read
     out = Path(out)
     if out.exists() and not force:
         raise UserError(f"--out {out} already exists; pass --force to replace it")
