@@ -47,6 +47,10 @@ def load_probes(path: str | Path | None = None) -> list[Probe]:
     for i, item in enumerate(raw if isinstance(raw, list) else []):
         if not isinstance(item, dict) or not item.get("prompt") or not item.get("accept"):
             raise UserError(f"--probes {path}: item {i + 1} needs 'prompt' and 'accept'")
+        for name in ("accept", "partial"):  # a bare string would be iterated letter by letter ("water": w, a, ...)
+            if item.get(name) is not None and not isinstance(item[name], list):
+                raise UserError(f"--probes {path}: item {i + 1}'s '{name}' must be a list of answers, "
+                                f"e.g. {name}: [{item[name]}]")
         probes.append(Probe(str(item.get("category", "other")), str(item["prompt"]).rstrip(),
                             [str(a) for a in item["accept"]], [str(a) for a in item.get("partial") or []]))
     if not probes:

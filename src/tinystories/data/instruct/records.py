@@ -124,7 +124,9 @@ def parse_record(text: str, *, require_story: bool = True, where: str = "record"
         story=joined.get("story", ""),
         words=_split_list(joined["words"]) if "words" in joined else [],
         sentence=joined.get("sentence") or None,
-        features=[canonical_feature(f) for f in _split_list(joined["features"])] if "features" in joined else [],
+        # strict, as generate's --features is: an unknown feature could never be detected or obeyed
+        features=([canonical_feature(f, strict=True, where=where) for f in _split_list(joined["features"])]
+                  if "features" in joined else []),
         summary=joined.get("summary") or None,
         order=tuple(order) + tuple(f for f in FIELDS if f not in order),
     )
