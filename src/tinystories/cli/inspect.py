@@ -5,9 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
-from tyro.conf import Positional, arg
-
-from .command import Command
+from .command import Command, Positional, arg
 
 
 @dataclass

@@ -10,11 +10,22 @@ from ..runtime.files import atomic_write_json, atomic_write_text
 
 
 def out_dir(model_dir: str | Path, out: str | Path | None) -> Path:
+    """The output directory, checked (it could be made and written) but not made: `_write` makes it once
+    there is something to write, so that a model that fails to load or run leaves no empty --out behind."""
+    from ..evaluate.common import check_report_dir
+
     d = Path(out) if out is not None else Path(model_dir) / "inspect"
     if d.exists() and not d.is_dir():
         raise UserError(f"--out {d}: exists and is not a directory")
-    d.mkdir(parents=True, exist_ok=True)
+    check_report_dir(d)
     return d
+
+
+def _write(d: Path, name: str, data: dict, page: str) -> list[str]:
+    d.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(d / f"{name}.json", data)
+    atomic_write_text(d / f"{name}.html", page)
+    return [str(d / f"{name}.html"), str(d / f"{name}.json")]
 
 
 def _check(model_dir):
@@ -49,6 +60,8 @@ def inspect_attention(model_dir: str | Path, *, text: str | None = None, prompt:
         raise UserError("give exactly one of --text TEXT or --prompt PROMPT")
     if not (text or prompt or "").strip():
         raise UserError("--text/--prompt is empty; give some words")
+    if prompt is not None and max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens must be at least 1 with --prompt, got {max_new_tokens}")
     _check(model_dir)
     source, held = held_out_stories(model_dir, data, stories)
     d = out_dir(model_dir, out)
@@ -71,10 +84,8 @@ def inspect_attention(model_dir: str | Path, *, text: str | None = None, prompt:
                 "text": {"tokens": [token_text(i) for i in ids], "ids": ids, "prompt_tokens": n_prompt,
                          "probs": text_attention(model, tok, ids)},
                 "table": table, "summary": head_summary(table["heads"])}
-    atomic_write_json(d / "attention.json", data_out)
-    atomic_write_text(d / "attention.html", attention_page(data_out, heatmaps(data_out["text"]["probs"],
-                                                                              data_out["text"]["tokens"])))
-    data_out["files"] = [str(d / "attention.html"), str(d / "attention.json")]
+    data_out["files"] = _write(d, "attention", data_out,
+                               attention_page(data_out, heatmaps(data_out["text"]["probs"], data_out["text"]["tokens"])))
     return data_out
 
 
@@ -103,7 +114,5 @@ def inspect_neurons(model_dir: str | Path, *, layer: int | None = None, neurons:
         result = scan_neurons(model, tok, held, layer, k=k, seed=seed, progress=bar.update)
     show = neurons or sorted({0, min(1, cfg.mlp_width - 1), result["largest"]["neuron"]})
     data_out = {"model": str(model_dir), "model_shape": _shape(cfg), "source": source, "shown": show, **result}
-    atomic_write_json(d / "neurons.json", data_out)
-    atomic_write_text(d / "neurons.html", neurons_page(data_out, show))
-    data_out["files"] = [str(d / "neurons.html"), str(d / "neurons.json")]
+    data_out["files"] = _write(d, "neurons", data_out, neurons_page(data_out, show))
     return data_out
