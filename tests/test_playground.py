@@ -75,10 +75,10 @@ def test_playground_streams_a_story_and_shows_alternatives(tiny_model, browser, 
 
         tokens[min(3, len(tokens) - 1)].click()
         rows = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#alt-table tr"))
-        assert 1 <= len(rows) <= 5
+        assert 1 <= len(rows) <= 6  # the top 5, and the sampled token when it is not among them
         probs = [float(r.find_element(By.CSS_SELECTOR, "td.p").text.rstrip("%")) for r in rows]
-        assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 100.05
-        assert browser.find_elements(By.CSS_SELECTOR, "#alt-table tr.chosen")  # the token it wrote is marked
+        assert probs[:5] == sorted(probs[:5], reverse=True) and 0 < sum(probs) <= 100.05
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#alt-table tr.chosen")) == 1  # the token it wrote
 
         shot = tmp_path / "playground.png"
         assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
