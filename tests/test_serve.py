@@ -352,3 +352,35 @@ def test_shipped_model_tells_a_story_without_model_dir():
                    timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("Once upon a time") and len(proc.stdout.strip()) > len("Once upon a time")
+
+
+def test_engine_on_the_shipped_rope_model_equals_generate():
+    """The engine's per-row positions with rope (the shipped model's block): prompts of different lengths
+    decoding side by side, in-process, each equal to `generate` alone."""
+    from tinystories.generate.sampling import generate, prompt_ids
+    from tinystories.model.modeldir import load_model
+    from tinystories.model.shipped import shipped_model_dir
+    from tinystories.serve.engine import Engine, Job, Sampling
+
+    model, tok = load_model(shipped_model_dir())
+    assert model.config.position == "rope"
+    engine = Engine(model, tok, max_batch=8)
+    done = {k: threading.Event() for k in range(len(PROMPTS))}
+    texts = dict.fromkeys(range(len(PROMPTS)), "")
+
+    def emit_for(k):
+        def emit(event):
+            if event[0] == "text":
+                texts[k] += event[2]
+            else:
+                done[k].set()
+        return emit
+
+    try:
+        for k, p in enumerate(PROMPTS):
+            engine.submit(Job(prompt_ids(tok, p), Sampling(max_tokens=40, temperature=0), emit_for(k)))
+        assert all(e.wait(120) for e in done.values())
+    finally:
+        engine.close()
+    for k, p in enumerate(PROMPTS):
+        assert texts[k] == generate(model, tok, p, max_new_tokens=40, temperature=0)[0][0].text, p
