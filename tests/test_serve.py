@@ -339,6 +339,7 @@ def test_cli_errors_are_one_line(tiny_model, tmp_path):
 
     assert_one_line_error(run_cli("serve", tmp_path / "missing", "--port", "0", timeout=60), "missing")
     assert_one_line_error(run_cli("serve", tiny_model, "--max-batch", "0", timeout=60), "--max-batch")
+    assert_one_line_error(run_cli("serve", tiny_model, "--shutdown-timeout", "nan", timeout=60), "--shutdown-timeout")
 
 
 def test_shipped_model_tells_a_story_without_model_dir():

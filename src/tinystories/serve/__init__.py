@@ -53,8 +53,8 @@ class ServeConfig:
             raise UserError(f"--port must be in 0..65535, got {self.port}")
         if self.dtype not in ("fp32", "bf16"):
             raise UserError(f"--dtype must be fp32 or bf16, got {self.dtype}")
-        if self.shutdown_timeout < 0:
-            raise UserError(f"--shutdown-timeout must be >= 0, got {self.shutdown_timeout}")
+        if not self.shutdown_timeout >= 0 or self.shutdown_timeout == float("inf"):  # also NaN
+            raise UserError(f"--shutdown-timeout must be a number of seconds >= 0, got {self.shutdown_timeout}")
 
 
 def default_name(model_dir: str | None) -> str:
