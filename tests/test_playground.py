@@ -84,6 +84,13 @@ def test_playground_streams_a_story_and_shows_alternatives(tiny_model, browser, 
         assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
         if os.environ.get("TINYSTORIES_SCREENSHOT"):
             shutil.copy(shot, os.environ["TINYSTORIES_SCREENSHOT"])
+
+        # the length slider at its maximum: prompt + length pass the context, and the page asks for what is left
+        browser.execute_script("const s = document.getElementById('max_tokens'); s.value = s.max;")
+        browser.find_element(By.ID, "go").click()
+        wait.until(lambda d: d.find_element(By.ID, "go").is_enabled())  # disabled from the click to the end
+        status = browser.find_element(By.ID, "status").text
+        assert "tokens in" in status and "error" not in status, status
     finally:
         code, err = srv.stop()
     assert code == 0 and "Traceback" not in err, err
