@@ -311,9 +311,11 @@ def _probe_as_training(cfg, device, world: int, table: Table, budget: float, say
         elif "OMP_NUM_THREADS" not in os.environ:
             torch.set_num_threads(max(1, physical_cores() // world))
     try:
-        precision = choose_precision(cfg.precision, reference_config(table.vocab_size), REFERENCE["batch_size"],
-                                     REFERENCE["context"], device, say=say).precision
         probe_s = min(MAX_PROBE_S, max(MIN_PROBE_S, PROBE_FRACTION * budget))
+        # the same measured decision as training (cached), timed briefly: a short budget cannot spare seconds.
+        # Quiet: the budget line names the precision, and training reports its own model's decision.
+        precision = choose_precision(cfg.precision, reference_config(table.vocab_size), REFERENCE["batch_size"],
+                                     REFERENCE["context"], device, seconds=probe_s / 4, say=lambda line: None).precision
         return probe(probe_s, device, precision, table.vocab_size)
     finally:
         torch.set_num_threads(old_threads)
