@@ -159,9 +159,11 @@ def to_llama_config(cfg: ModelConfig, eot: int | None) -> dict:
 
 
 def from_hf_config(hf: dict, source: str = "config.json") -> ModelConfig:
-    """Our ModelConfig for a transformers GPT-Neo config.json (a UserError if it is not one we can run)."""
+    """Our ModelConfig for a transformers GPT-Neo (or Llama) config.json (a UserError if it is not one we can run)."""
+    if hf.get("model_type") == "llama":
+        return from_llama_config(hf, source)
     if hf.get("model_type") != "gpt_neo":
-        raise UserError(f"{source}: model_type is {hf.get('model_type')!r}, only gpt_neo is supported")
+        raise UserError(f"{source}: model_type is {hf.get('model_type')!r}, only gpt_neo and llama are supported")
     act = hf.get("activation_function", "gelu_new")
     if act not in ("gelu_new", "gelu_pytorch_tanh"):
         raise UserError(f"{source}: activation_function {act!r} is not supported (GPT-Neo uses gelu_new)")
@@ -187,6 +189,34 @@ def from_hf_config(hf: dict, source: str = "config.json") -> ModelConfig:
         )
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{source}: not a usable GPT-Neo config ({type(e).__name__}: {e})") from None
+
+
+def from_llama_config(hf: dict, source: str = "config.json") -> ModelConfig:
+    """Our rope + RMSNorm + SwiGLU ModelConfig for a Llama config.json that block can run exactly."""
+    def bad(what):
+        raise UserError(f"{source}: {what}; only Llama's plain block is supported (what `tinystories export` writes)")
+
+    try:
+        hidden, heads = int(hf["hidden_size"]), int(hf["num_attention_heads"])
+        rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+        if hf.get("hidden_act", "silu") != "silu":
+            bad(f"hidden_act {hf.get('hidden_act')!r}")
+        if int(hf.get("num_key_value_heads") or heads) != heads:
+            bad("grouped-query attention (num_key_value_heads != num_attention_heads)")
+        if int(hf.get("head_dim") or hidden // heads) * heads != hidden:
+            bad("head_dim x num_attention_heads != hidden_size")
+        if rope.get("rope_type", "default") != "default" or hf.get("mlp_bias"):
+            bad("rope scaling or MLP biases")
+        context = int(hf.get("max_position_embeddings", 2048))
+        return ModelConfig(
+            vocab_size=int(hf.get("vocab_size", 32000)), context=context, hidden=hidden,
+            layers=int(hf["num_hidden_layers"]), heads=heads, attention="global", window=context,
+            intermediate=int(hf["intermediate_size"]), layer_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+            scale_attn=True, position="rope", norm="rmsnorm", mlp="swiglu",
+            rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10_000.0))),
+            tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{source}: not a usable Llama config ({type(e).__name__}: {e})") from None
 
 
 def _collapse(types: list[str]) -> str | list[str]:
@@ -256,6 +286,8 @@ def from_hf_state(cfg: ModelConfig, state: dict[str, torch.Tensor], source: str)
 
     from .gpt_neo import GPTNeo
 
+    if cfg.position == "rope":  # from_hf_config gives rope only for a Llama config
+        return from_llama_state(cfg, state, source)
     state = {k.removeprefix("model."): v for k, v in state.items()}  # some exporters add a prefix
     model = GPTNeo(cfg)
     ours = model.state_dict()
@@ -280,6 +312,47 @@ def from_hf_state(cfg: ModelConfig, state: dict[str, torch.Tensor], source: str)
     with torch.no_grad():
         for name, t in loaded.items():
             ours[name].copy_(t)
+    return model
+
+
+def from_llama_state(cfg: ModelConfig, state: dict[str, torch.Tensor], source: str) -> GPTNeo:
+    """A GPTNeo holding LlamaForCausalLM-named `state`: `to_llama_state` read backwards (q/k/v biases must be 0)."""
+    import torch
+
+    from .gpt_neo import GPTNeo
+
+    def get(name):
+        if name not in state:
+            raise UserError(f"{source}: missing {name}, which config.json implies")
+        return state[name].float()
+
+    ours = {"wte.weight": get("model.embed_tokens.weight"), "ln_f.weight": get("model.norm.weight")}
+    if not cfg.tie_embeddings:
+        ours["lm_head.weight"] = get("lm_head.weight")
+    for i in range(cfg.layers):
+        o, hf = f"blocks.{i}.", f"model.layers.{i}."
+        for name in ("q_proj", "k_proj", "v_proj"):
+            bias = state.get(hf + f"self_attn.{name}.bias")
+            if bias is not None and bool(bias.any()):
+                raise UserError(f"{source}: {hf}self_attn.{name}.bias is not zero; our block has no q/k/v biases")
+        out_bias = state.get(hf + "self_attn.o_proj.bias")
+        ours.update({
+            o + "ln_1.weight": get(hf + "input_layernorm.weight"),
+            o + "attn.qkv.weight": torch.cat([get(hf + f"self_attn.{n}_proj.weight") for n in "qkv"]),
+            o + "attn.out_proj.weight": get(hf + "self_attn.o_proj.weight"),
+            o + "attn.out_proj.bias": out_bias.float() if out_bias is not None else torch.zeros(cfg.hidden),
+            o + "ln_2.weight": get(hf + "post_attention_layernorm.weight"),
+            o + "mlp.gate_up.weight": torch.cat([get(hf + "mlp.gate_proj.weight"), get(hf + "mlp.up_proj.weight")]),
+            o + "mlp.down.weight": get(hf + "mlp.down_proj.weight"),
+        })
+    model = GPTNeo(cfg)
+    target = model.state_dict()
+    with torch.no_grad():
+        for name, t in ours.items():
+            if t.shape != target[name].shape:
+                raise UserError(f"{source}: the tensor for {name} has shape {tuple(t.shape)}, "
+                                f"config.json implies {tuple(target[name].shape)}")
+            target[name].copy_(t)
     return model
 
 
