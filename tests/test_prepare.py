@@ -279,3 +279,22 @@ def test_tiny_data_fixture(tiny_data):
     assert dd.vocab_size == 512 and dd.meta["splits"]["train"]["stories"] == 400
     assert dd.meta["splits"]["val"]["stories"] == 100
     assert len(dd.train) > 100_000 and int(dd.train.max()) < 512
+
+
+def test_atomic_outputs_get_the_modes_of_a_plain_write(tmp_path):
+    """Temporary files and directories are private (0600/0700) until renamed; what they become must not be,
+    or a model written on a shared machine could not be read by anyone else."""
+    import os
+
+    from tinystories.runtime.files import atomic_dir, atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.json", "{}")
+        with atomic_dir(tmp_path / "out") as d:
+            atomic_write_text(d / "f.txt", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "out" / "f.txt").stat().st_mode & 0o777 == 0o644

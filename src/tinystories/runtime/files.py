@@ -38,6 +38,12 @@ def _tmp_prefix(path: Path) -> str:
     return f".{path.name}.{os.getpid()}."
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to `path` so that a reader (or a crash) sees the old file or the new one, never half."""
     path = Path(path)
@@ -46,6 +52,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     remove_stale_siblings(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_tmp_prefix(path), suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600: the file gets the mode a plain open() would give
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -86,6 +93,7 @@ def atomic_dir(path: str | os.PathLike, force: bool = False, option: str = "--ou
     remove_stale_siblings(path)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=_tmp_prefix(path), suffix=".tmp"))
     try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700: the directory gets the mode mkdir would give
         yield tmp
         if (path / CHECKPOINTS).is_dir() and not (tmp / RUN_MARKER).is_file():
             raise UserError(f"{option} {path}: is a training run (it has {CHECKPOINTS}/); --force replaces it "
