@@ -79,6 +79,7 @@ def serve(cfg: ServeConfig, ready=None) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((cfg.host, cfg.port))
+        sock.listen(2048)  # from now on connections wait in the backlog, so "serving at URL" is true at once
     except OSError as e:
         raise UserError(f"--host {cfg.host} --port {cfg.port}: cannot listen there ({e.strerror}); "
                         "pick another port (0 = any free one)") from None
