@@ -324,10 +324,14 @@ def test_sigterm_finishes_in_flight_requests(tiny_model):
 
     t = threading.Thread(target=reader)
     t.start()
-    assert first.wait(30)
-    srv.proc.send_signal(signal.SIGTERM)
-    t.join(60)
-    code, err = srv.stop(signal_it=False)
+    try:
+        assert first.wait(30)
+        srv.proc.send_signal(signal.SIGTERM)
+        t.join(60)
+        code, err = srv.stop(signal_it=False)
+    finally:
+        if srv.proc.poll() is None:  # a failed check leaves no server behind
+            srv.proc.kill()
     assert got["reason"] == "length" and got["tokens"] == 120  # the stream ran to its end
     assert code == 0 and "Traceback" not in err, err
     with pytest.raises(httpx.ConnectError):  # and nothing listens any more
