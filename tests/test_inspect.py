@@ -301,3 +301,11 @@ def test_both_verbs_on_the_modern_block(tiny_data, tmp_path):
     assert all(sum(row[:-8]) == 0 for head in local for row in head)  # nothing outside the window of 8
     n = inspect_neurons(tmp_path / "m", layer=0, stories=3, k=4, data=str(VALID_TXT))
     assert len(n["neurons"]) == cfg.mlp_width and (tmp_path / "m" / "inspect" / "neurons.html").is_file()
+
+
+def test_without_a_model_dir_the_shipped_model_is_inspected_into_the_working_directory(tmp_path):
+    proc = run_cli("inspect", "attention", "--text", "Once upon a time, Tom saw a big red ball.", "--stories", 2,
+                   "--data", VALID_TXT, cwd=tmp_path, check=True)
+    assert "wrote inspect/attention.html" in proc.stdout
+    page = json.loads((tmp_path / "inspect" / "attention.json").read_text())
+    assert page["summary"]["heads"] == 4 * 4  # the shipped model: 4 layers of 4 heads

@@ -10,15 +10,15 @@ from .command import Command, Positional, arg
 
 @dataclass
 class InspectArgs:
-    model_dir: Annotated[Positional[str], arg(metavar="MODEL_DIR")]
-    """a run/model directory, or a transformers GPT-Neo one"""
+    model_dir: Annotated[Positional[str | None], arg(metavar="MODEL_DIR")] = None
+    """a run/model directory, or a transformers GPT-Neo one; none: the model that ships in the package"""
     stories: Annotated[int, arg(metavar="N")] = 20
     """held-out stories to read (the paper: 20, about 8,000 tokens)"""
     data: Annotated[str | None, arg(metavar="SOURCE")] = None
     """held-out stories: a DATA_DIR (its val split) or a .txt/.json/.jsonl file; none: the val split of the
     DATA_DIR the run was trained on"""
     out: Annotated[str | None, arg(metavar="DIR")] = None
-    """where the .html and .json go; none: MODEL_DIR/inspect"""
+    """where the .html and .json go; none: MODEL_DIR/inspect (./inspect for the shipped model)"""
     device: str = "cpu"
     """cpu, auto, cuda, cuda:N or mps"""
     json: bool = False
@@ -59,9 +59,18 @@ def _report(args: InspectArgs, result: dict, text: str) -> int:
     return 0
 
 
+def _use_shipped_model(args: InspectArgs) -> None:
+    """No MODEL_DIR: the shipped model, with its pages in ./inspect rather than inside the installed package."""
+    if args.model_dir is None:
+        from ..model.shipped import shipped_model_dir
+
+        args.model_dir, args.out = str(shipped_model_dir()), args.out or "inspect"
+
+
 def run_attention(args: AttentionArgs) -> int:
     from ..inspect.run import inspect_attention
 
+    _use_shipped_model(args)
     r = inspect_attention(args.model_dir, text=args.text, prompt=args.prompt, max_new_tokens=args.max_new_tokens,
                           stories=args.stories, data=args.data, out=args.out, device=args.device)
     s = r["summary"]
@@ -78,6 +87,7 @@ def run_attention(args: AttentionArgs) -> int:
 def run_neurons(args: NeuronsArgs) -> int:
     from ..inspect.run import inspect_neurons
 
+    _use_shipped_model(args)
     r = inspect_neurons(args.model_dir, layer=args.layer, neurons=list(args.neurons) or None, stories=args.stories,
                         k=args.top_k, data=args.data, out=args.out, device=args.device, seed=args.seed)
     p = r["purity"]
