@@ -198,3 +198,22 @@ def test_bad_option_values_are_one_line_errors():
         ModelConfig(vocab_size=100, doc_mask_token=100)
     with pytest.raises(UserError, match="mlp must be one of gelu, swiglu, relu2"):
         ModelConfig(mlp="relu")
+
+
+def test_code_that_rewrites_the_block_refuses_options_it_does_not_implement():
+    """serve's batched decoder and inspect's attention recomputation write the block's arithmetic out again;
+    an option that changes it must be a one-line error there, never wrong logits or wrong attention maps."""
+    from tinystories.errors import UserError
+    from tinystories.inspect.capture import capture
+    from tinystories.serve.engine import Engine
+
+    for option in ({"qk_norm": True}, {"value_embeddings": True}, {"x0_mix": True}, {"logit_softcap": 15.0}):
+        model = GPTNeo(preset_config("1M", vocab_size=300, hidden=32, layers=2, heads=2, **option))
+        with pytest.raises(UserError, match=next(iter(option))):
+            Engine(model, None, max_batch=2)
+    for option in ({"qk_norm": True}, {"value_embeddings": True}):
+        model = GPTNeo(preset_config("1M", vocab_size=300, hidden=32, layers=2, heads=2, **option))
+        with pytest.raises(UserError, match=next(iter(option))):
+            with capture(model):
+                pass
+    Engine(GPTNeo(preset_config("1M", vocab_size=300, hidden=32, layers=2, heads=2, mlp="relu2")), None, max_batch=2)

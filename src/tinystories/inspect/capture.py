@@ -37,6 +37,13 @@ class Captured:
 def capture(model, layers: list[int] | None = None, attention: bool = True, mlp: bool = True):
     """Hooks on `model.blocks[i]` for i in `layers` (default all) while the `with` body runs;
     yields a `Captured` the forward passes fill. The hooks are gone afterwards, even on error."""
+    # The attention is recomputed from the qkv projection's output (attention_probs): options that change
+    # q, k, v or the mask after that projection would make the recomputation wrong, so they are refused.
+    unsupported = [o for o in model.config.block_options if o in ("qk_norm", "value_embeddings", "doc_mask_token")]
+    if attention and unsupported:
+        from ..errors import UserError
+
+        raise UserError(f"inspect attention does not handle models with {', '.join(unsupported)} yet")
     got = Captured()
     handles = []
     for i in (range(len(model.blocks)) if layers is None else layers):

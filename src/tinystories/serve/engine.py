@@ -147,9 +147,18 @@ class Engine:
     def __init__(self, model: GPTNeo, tokenizer: Tokenizer, *, max_batch: int = 64, max_queue: int = 256):
         import torch
 
+        cfg = model.config
+        # decode_step below writes out the GPT-Neo / modern block; these options change that arithmetic
+        # (zero_init changes only the initial weights, relu2 lives inside block.mlp), so they are refused
+        # rather than served with wrong logits.
+        unsupported = [o for o in cfg.block_options if o not in ("zero_init", "mlp=relu2")]
+        if unsupported:
+            from ..errors import UserError
+
+            raise UserError(f"serve does not run models with {', '.join(unsupported)} yet; "
+                            "use tinystories generate for this model")
         self.model, self.tokenizer = model.eval(), tokenizer
         self.max_batch, self.max_queue = max_batch, max_queue
-        cfg = model.config
         p = model.wte.weight
         shape = (max_batch, cfg.heads, cfg.context, cfg.head_dim)
         self.k = [torch.zeros(shape, dtype=p.dtype, device=p.device) for _ in range(cfg.layers)]
