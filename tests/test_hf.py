@@ -282,9 +282,11 @@ def test_modern_block_exports_as_llama_with_the_same_logits_and_greedy_text(vari
     assert type(hf).__name__ == "LlamaForCausalLM"
     ids = torch.randint(0, VOCAB, (2, 128), generator=torch.Generator().manual_seed(3))
     back, _ = load_hf_dir(tmp_path / "hf")  # and the export reads back into our block
+    again, _ = load_model(tmp_path / "hf")  # through the model directory too, so every verb takes it
     with torch.no_grad():
         assert (hf(ids).logits - model(ids)).abs().max() < 1e-4
         assert (back(ids) - model(ids)).abs().max() < 1e-4
+        assert (again(ids) - model(ids)).abs().max() < 1e-4
     for prompt in ("Once upon a time", "Tom and Sue went to the park. They"):
         ours = generate(model, tok, [prompt], max_new_tokens=40, temperature=0)[0][0].tokens
         start = torch.tensor([prompt_ids(tok, prompt)])
