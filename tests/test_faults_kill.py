@@ -154,13 +154,21 @@ def test_export_killed_after_weights_leaves_nothing_and_next_run_cleans(tiny_mod
 
 
 def _random_kills(argv_for, check_whole, tmp_path: Path, name: str, n: int, seed: int, span: float) -> list[float]:
-    """SIGKILL `n` runs after seeded random delays in [0, span]; after each, the output is absent or whole.
-    Returns the delays at which a run was killed before it finished."""
+    """SIGKILL `n` runs after seeded random delays; after each, the output is absent or whole.
+    Returns the delays at which a run was killed before it finished.
+
+    The delays are seeded fractions of how long one whole run takes on this machine now (timed first, in a
+    scratch directory), capped at `span` seconds: fixed delays missed every run on a quiet machine, where
+    the run ends before them, and hit only the start on a loaded one."""
     rng = random.Random(seed)
+    t0 = time.time()
+    subprocess.run([sys.executable, "-m", "tinystories", *map(str, argv_for(tmp_path / f"{name}-timing"))],
+                   check=True, capture_output=True, env=cli_env(), cwd=REPO, timeout=600)
+    whole = min(time.time() - t0, span)
     killed = []
     out = tmp_path / name
     for _ in range(n):
-        delay = rng.uniform(0, span)
+        delay = rng.uniform(0.1, 0.95) * whole
         proc = subprocess.Popen([sys.executable, "-m", "tinystories", *map(str, argv_for(out))],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=cli_env(), cwd=REPO)
         time.sleep(delay)

@@ -223,9 +223,14 @@ def setup_machine(run: Run) -> None:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    # auto on a CPU times this model in fp32 and bf16 (cached per machine and shape); rank 0 decides for all
-    mine = choose_precision(cfg.precision, run.mcfg, cfg.batch_size, run.context, device) if run.dist.main else None
-    run.precision = broadcast(run.dist, mine.precision if mine else None)
+    if run.budget_choice and cfg.precision == "auto":
+        # The budget planner already decided (and timed its probe in it); timing this shape again here would
+        # spend seconds after the deadline was set.
+        run.precision = run.budget_choice["probe"]["precision"]
+    else:
+        # auto on a CPU times this model in fp32 and bf16 (cached per machine and shape); rank 0 decides for all
+        mine = choose_precision(cfg.precision, run.mcfg, cfg.batch_size, run.context, device) if run.dist.main else None
+        run.precision = broadcast(run.dist, mine.precision if mine else None)
     run.use_compile = cfg.compile == "on" or (cfg.compile == "auto" and compile_pays(cfg, device, run.total_steps))
 
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 import hashlib
 import string
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import yaml
 
 from ...errors import UserError
 from ..instruct.records import FEATURES
+from .vocab import read_synth_file
 
 DEFAULT_TEMPLATE = "template.yaml"
 _STORY_NEEDS = ("verb", "noun", "adjective", "features")
@@ -86,12 +86,4 @@ def parse_template(text: str, where: str) -> Template:
 
 def load_template(path: str | Path | None = None) -> Template:
     """`path`, or the packaged template when None."""
-    if path is None:
-        text = resources.files("tinystories").joinpath("resources", "synth", DEFAULT_TEMPLATE).read_text("utf-8")
-        return parse_template(text, f"the packaged {DEFAULT_TEMPLATE}")
-    try:
-        text = Path(path).read_text("utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        why = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
-        raise UserError(f"--template {path}: cannot read it ({why})") from None
-    return parse_template(text, f"--template {path}")
+    return parse_template(*read_synth_file(path, DEFAULT_TEMPLATE, "--template"))

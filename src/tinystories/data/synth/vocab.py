@@ -60,14 +60,18 @@ def parse_vocabulary(text: str, where: str) -> Vocabulary:
                       hashlib.sha256(text.encode("utf-8")).hexdigest(), where)
 
 
-def load_vocabulary(path: str | Path | None = None) -> Vocabulary:
-    """`path`, or the packaged list when None."""
+def read_synth_file(path: str | Path | None, packaged: str, option: str) -> tuple[str, str]:
+    """(text, how to name it in errors) of the user's file `path`, or of the packaged `packaged` when None."""
     if path is None:
-        text = resources.files("tinystories").joinpath("resources", "synth", DEFAULT_VOCAB).read_text("utf-8")
-        return parse_vocabulary(text, f"the packaged {DEFAULT_VOCAB}")
+        text = resources.files("tinystories").joinpath("resources", "synth", packaged).read_text("utf-8")
+        return text, f"the packaged {packaged}"
     try:
-        text = Path(path).read_text("utf-8")
+        return Path(path).read_text("utf-8"), f"{option} {path}"
     except (OSError, UnicodeDecodeError) as e:
         why = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
-        raise UserError(f"--vocab {path}: cannot read it ({why})") from None
-    return parse_vocabulary(text, f"--vocab {path}")
+        raise UserError(f"{option} {path}: cannot read it ({why})") from None
+
+
+def load_vocabulary(path: str | Path | None = None) -> Vocabulary:
+    """`path`, or the packaged list when None."""
+    return parse_vocabulary(*read_synth_file(path, DEFAULT_VOCAB, "--vocab"))
