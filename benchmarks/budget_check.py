@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
 SHARED = Path(os.environ.get("TINYSTORIES_SHARED_DATA", REPO.parent / "shared" / "data" / "tinystories"))
 TRAIN_FILES = ["TinyStories-train-head.txt", "TinyStoriesV2-GPT4-train-head.txt", "tinystories-sample-3000.json"]
 VALID_FILE = "TinyStories-subset-valid.txt"
@@ -40,12 +41,56 @@ def cli(*args, capture: bool = True) -> subprocess.CompletedProcess:
     return proc
 
 
+def write_row(table_path: Path, runs: list[dict]) -> None:
+    """Replace (or add) the row for the runs' budget in the table at `table_path` with the recipe they ran
+    and what they measured: compute and tokens are the runs' means, bpb their mean on the whole validation
+    file, efficiency their model's training FLOP/s over the reference's (the run's own probe)."""
+    import dataclasses
+    import statistics
+
+    from tinystories.model.config import ModelConfig
+    from tinystories.train.budget import Row, Table, train_flops_per_token
+    from tinystories.runtime.files import atomic_write_json
+
+    table = Table.load(table_path)
+    cfg = json.loads((Path(runs[0]["eval"]["model"]["dir"]) / "train_config.json").read_text())
+    model = ModelConfig(**json.loads((Path(runs[0]["eval"]["model"]["dir"]) / "config.json").read_text())["model"])
+    per_token = train_flops_per_token(model)
+    tokens = statistics.mean(r["tokens"] for r in runs)
+    tps = statistics.mean(r["tokens_per_s"] for r in runs)
+    probe = statistics.mean(r["probe"]["flops_per_s"] for r in runs)
+    budget_s = runs[0]["picked_budget_s"]
+    plain = ModelConfig()
+    block = {k: getattr(model, k) for k in ("qk_norm", "zero_init", "tie_embeddings", "logit_softcap",
+                                             "value_embeddings", "x0_mix", "doc_mask_token")
+             if getattr(model, k) != getattr(plain, k)}
+    row = Row(budget_s=budget_s, compute=per_token * tokens, hidden=model.hidden, layers=model.layers,
+              heads=model.heads, context=cfg["context"], batch_size=cfg["batch_size"], lr=cfg["lr"],
+              warmup_frac=round(cfg["warmup_steps"] / max(1, statistics.mean(r["steps"] for r in runs)), 4),
+              weight_decay=cfg["weight_decay"], dropout=model.dropout, position=model.position, norm=model.norm,
+              mlp=model.mlp, bpb=round(statistics.mean(r["bpb"] for r in runs), 4), tokens=int(tokens),
+              tokens_per_s=round(tps, 1), tried=len(runs), efficiency=round(tps * per_token / probe, 4),
+              optimizer=cfg["optimizer"], lr_schedule=cfg["lr_schedule"], cooldown_frac=cfg["cooldown_frac"],
+              muon_lr=cfg.get("muon_lr"), block=block)
+    table.rows = [r for r in table.rows if r.budget_s != budget_s] + [row]
+    table.__post_init__()  # sorted by compute again
+    note = (f"the {budget_s / 60:g}-minute row: {len(runs)} runs of `tinystories train --max-time` by "
+            f"benchmarks/budget_check.py ({runs[0]['time'][:10]}), bpb on all of TinyStories-subset-valid.txt")
+    table.notes = [n for n in table.notes if not n.startswith(f"the {budget_s / 60:g}-minute row")] + [note]
+    atomic_write_json(table_path, table.to_dict())
+    print(f"{table_path}: wrote the {budget_s:g}s row ({row.label()}, {row.bpb} bpb)")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "budget-check")
     ap.add_argument("--budgets", default="10m,30m")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--results", type=Path, default=RESULTS / "budget_check.jsonl")
+    ap.add_argument("--table", type=Path, default=None,
+                    help="after the runs, write each checked budget's row of this budget table from what they "
+                         "measured (the recipe they ran, their mean tokens and compute; bpb on all of the "
+                         "validation file)")
     args = ap.parse_args(argv)
 
     data = args.work / "data"
@@ -72,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             rec = {"run": name, "budget": budget, "seed": n, "bpb": ev.get("bits_per_byte"), "eval": ev,
                    "picked": s.get("budget", {}).get("picked"), "label": s["preset"], "steps": s["steps"],
                    "tokens": s["tokens"], "tokens_per_s": s["tokens_per_s"], "time_s": s["time_s"],
+                   "picked_budget_s": s.get("budget", {}).get("budget_s"),
                    "probe": s.get("budget", {}).get("probe"), "overrun_s": round(s["ended_at"] - s["budget"]["deadline"], 3)
                    if s.get("budget") else None, "wall_s": round(wall, 1), "stderr_budget": [
                        line for line in train.stderr.splitlines() if line.startswith("budget:")],
@@ -95,6 +141,11 @@ def main(argv: list[str] | None = None) -> int:
             lines.append(f"| {budget} | {len(v)} | {', '.join(f'{x:.3f}' for x in v)} | {sum(v) / len(v):.3f} | "
                          f"{max(v) - min(v):.3f} | {rs[0]['label']} |")
     (args.results.parent / "budget_check.md").write_text("\n".join(lines) + "\n")
+    if args.table:
+        for budget in args.budgets.split(","):
+            rs = [r for r in done.values() if r["budget"] == budget]
+            if rs:
+                write_row(args.table, rs)
     print("\n".join(lines))
     return 0
 

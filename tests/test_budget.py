@@ -128,6 +128,37 @@ def test_plan_keeps_user_model_fields(tiny_data):
     assert any("picked" in line for line in lines)
 
 
+
+def test_plan_takes_the_rows_optimizer_schedule_and_block_unless_the_user_gave_them(tiny_data):
+    """A row measured with Muon, WSD and a block option hands all three to the run; a --set the user gave
+    (here optimizer=adamw, qk_norm=false) wins, and is named as theirs."""
+    from tinystories.data.prepare import load_data_dir
+
+    data = load_data_dir(tiny_data)
+    table = _table()
+    for row in table.rows:
+        row.optimizer, row.lr_schedule, row.cooldown_frac, row.muon_lr = "muon", "wsd", 0.3, 0.01
+        row.block = {"qk_norm": True, "tie_embeddings": False}
+    lines = []
+    cfg, choice = plan(TrainConfig(data=str(tiny_data), out="x", max_time=120, threads=1), data,
+                       torch.device("cpu"), table=table, say=lines.append)
+    assert (cfg.optimizer, cfg.lr_schedule, cfg.cooldown_frac, cfg.muon_lr) == ("muon", "wsd", 0.3, 0.01)
+    assert cfg.model["qk_norm"] is True and cfg.model["tie_embeddings"] is False
+    picked = next(line for line in lines if "picked" in line)
+    assert "muon, wsd (cooldown 0.3), qk_norm, tie_embeddings=False" in picked
+
+    user = TrainConfig(data=str(tiny_data), out="x", max_time=120, threads=1, optimizer="adamw",
+                       model={"qk_norm": False}).replace(given=("optimizer",))
+    cfg, choice = plan(user, data, torch.device("cpu"), table=table, say=lines.append)
+    assert cfg.optimizer == "adamw" and cfg.lr_schedule == "wsd"
+    assert cfg.model["qk_norm"] is False and cfg.model["tie_embeddings"] is False
+    assert sorted(choice["kept"]) == ["model.qk_norm", "optimizer"]
+    # the shipped table's block options are ones the transformers export can express
+    from tinystories.model.hf import export_class
+    for row in Table.load().rows:
+        export_class(row.model_config(8192))  # a UserError if transformers cannot express the row's model
+
+
 # --------------------------------------------------------------------------- the modern block
 
 def _modern(**kw) -> GPTNeo:

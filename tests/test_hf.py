@@ -262,7 +262,8 @@ def test_export_with_the_gpt_neo_tokenizer(tmp_path):
 
 # ------------------------------------------------------------------ Llama export (issue 17)
 
-@pytest.mark.parametrize("variant", [{}, {"tie_embeddings": False, "scale_attn": True, "attention": "global"}])
+@pytest.mark.parametrize("variant", [{}, {"tie_embeddings": False, "scale_attn": True, "attention": "global",
+                                      "zero_init": True}])
 def test_modern_block_exports_as_llama_with_the_same_logits_and_greedy_text(variant, tok, tmp_path):
     """rope + RMSNorm + SwiGLU (the budget recipe's block) is Llama's: AutoModelForCausalLM loads the
     export as LlamaForCausalLM, the logits agree to 1e-4 and greedy decoding writes the same tokens."""

@@ -67,10 +67,12 @@ def export_class(cfg: ModelConfig) -> str:
 
     GPT-Neo's block exports as GPTNeoForCausalLM. rope + RMSNorm + SwiGLU is Llama's block, so it exports
     as LlamaForCausalLM when every layer sees the whole context (Llama has no local attention)."""
-    if cfg.block_options:
+    # zero_init only sets the starting weights: the trained model computes what the plain block does
+    options = [o for o in cfg.block_options if o != "zero_init"]
+    if options:
         raise UserError("this model cannot be exported to transformers: its block options "
-                        f"({', '.join(cfg.block_options)}) have no transformers GPT-Neo or Llama equivalent")
-    if cfg.is_paper_block:
+                        f"({', '.join(options)}) have no transformers GPT-Neo or Llama equivalent")
+    if (cfg.position, cfg.norm, cfg.mlp) == ("learned", "layernorm", "gelu"):
         return "GPTNeoForCausalLM"
     if (cfg.position, cfg.norm, cfg.mlp) == ("rope", "rmsnorm", "swiglu"):
         local = [i for i, t in enumerate(cfg.layer_types) if t == "local"]

@@ -124,11 +124,28 @@ class Row:
     tokens_per_s: float | None = None
     tried: int | None = None       # recipes the sweep ran at this budget
     efficiency: float = 1.0        # this model's training FLOP/s / the reference model's, on the sweep machine
+    # the optimizer and schedule the run used (older tables: AdamW on a cosine)
+    optimizer: str = "adamw"
+    lr_schedule: str = "cosine"
+    cooldown_frac: float = 0.2
+    muon_lr: float | None = None
+    # ModelConfig block options the run switched on (issue 17's ablation), e.g. {"qk_norm": true};
+    # only options that export to transformers belong here (tests/test_budget.py checks it)
+    block: dict[str, Any] = field(default_factory=dict)
 
     def model_config(self, vocab_size: int) -> ModelConfig:
         return ModelConfig(vocab_size=vocab_size, context=self.context, hidden=self.hidden, layers=self.layers,
                            heads=self.heads, dropout=self.dropout, position=self.position, norm=self.norm,
-                           mlp=self.mlp)
+                           mlp=self.mlp, **self.block)
+
+    def recipe(self) -> str:
+        """The optimizer, schedule and block options, in words ("" for AdamW on a cosine, plain block)."""
+        parts = [] if self.optimizer == "adamw" else [self.optimizer]
+        if self.lr_schedule != "cosine":
+            parts.append(f"{self.lr_schedule}" + (f" (cooldown {self.cooldown_frac:g})" if self.lr_schedule == "wsd"
+                                                  else ""))
+        parts += [k if v is True else f"{k}={v}" for k, v in self.block.items()]
+        return ", ".join(parts)
 
     def shape(self) -> str:
         block = "" if (self.position, self.norm, self.mlp) == ("learned", "layernorm", "gelu") else \
@@ -137,7 +154,10 @@ class Row:
                 f"{block}")
 
     def label(self) -> str:
-        return f"{self.hidden}x{self.layers}/hs{self.hidden // self.heads}"
+        """e.g. 128x4/hs32, or 128x4/hs32+muon+wsd with the optimizer, schedule and block options named."""
+        extra = ([self.optimizer] if self.optimizer != "adamw" else []) + \
+            ([self.lr_schedule] if self.lr_schedule != "cosine" else []) + list(self.block)
+        return f"{self.hidden}x{self.layers}/hs{self.hidden // self.heads}" + "".join(f"+{e}" for e in extra)
 
 
 @dataclass
@@ -209,7 +229,7 @@ class Table:
 # ===================================================================== the plan
 
 _PICKED_TRAIN = ("batch_size", "context", "lr", "warmup_steps", "weight_decay", "eval_every", "eval_tokens",
-                 "checkpoint_every")
+                 "checkpoint_every", "optimizer", "lr_schedule", "cooldown_frac", "muon_lr")
 _PICKED_MODEL = ("hidden", "layers", "heads", "context", "dropout", "position", "norm", "mlp")
 
 
@@ -274,17 +294,21 @@ def plan(cfg, data, device, *, table: Table | None = None, say: Callable[[str], 
         "warmup_steps": max(1, round(row.warmup_frac * steps)),
         "eval_every": eval_every, "eval_tokens": eval_tokens,
         "checkpoint_every": max(1, steps // CHECKPOINTS_PER_RUN),
+        "optimizer": row.optimizer, "lr_schedule": row.lr_schedule, "cooldown_frac": row.cooldown_frac,
+        "muon_lr": row.muon_lr,
     }
     changes = {k: v for k, v in picked.items() if k not in user}
     model = {"hidden": row.hidden, "layers": row.layers, "heads": row.heads, "context": max(row.context, context),
-             "dropout": row.dropout, "position": row.position, "norm": row.norm, "mlp": row.mlp}
+             "dropout": row.dropout, "position": row.position, "norm": row.norm, "mlp": row.mlp, **row.block}
     model.update(user_model)
     new = cfg.replace(**changes, model=model, max_time=round(train_s, 3))
 
     shape = Row(**{**dataclasses.asdict(row), **{k: model[k] for k in ("hidden", "layers", "heads", "dropout",
-                                                                      "position", "norm", "mlp")}})
+                                                                      "position", "norm", "mlp")},
+                   "optimizer": new.optimizer, "lr_schedule": new.lr_schedule, "cooldown_frac": new.cooldown_frac,
+                   "block": {k: model[k] for k in row.block}})
     epoch_tokens = len(data.train)
-    kept = sorted(user | {f"model.{k}" for k in user_model if k in _PICKED_MODEL})
+    kept = sorted(user | {f"model.{k}" for k in user_model if k in _PICKED_MODEL or k in row.block})
     choice = {
         "budget_s": budget, "deadline": round(t_start + budget, 3), "train_s": round(train_s, 3),
         "label": f"auto {shape.label()}",
@@ -341,7 +365,9 @@ def _explain(say, table: Table, row: Row, pr: Probe, *, budget: float, left: flo
                                 if ratio < 1 else
                                 f"{ratio:.1f}x the compute of the sweep's largest budget: its recipe, on a longer "
                                 "schedule; the sweep has not measured whether a bigger model does better here"))
-    say(f"budget: picked {shape.shape()}, context {new.context}, batch {batch} x {new.context}, lr {new.lr:g}, "
+    recipe = shape.recipe()
+    say(f"budget: picked {shape.shape()}{', ' + recipe if recipe else ''}, context {new.context}, "
+        f"batch {batch} x {new.context}, lr {new.lr:g}, "
         f"warmup {new.warmup_steps} steps, weight decay {new.weight_decay:g}, dropout {model['dropout']:g}"
         + (f" (yours: {', '.join(kept)})" if kept else ""))
     say(f"budget: expect ~{tps:,.0f} tokens/s, ~{steps:,} steps, ~{tps * train_s / 1e6:.2f}M tokens "
