@@ -116,7 +116,7 @@ def run_one(data: Path, name: str, sets: list[str], seed: int, budget_s: float, 
     return rec
 
 
-def table(rows: list[dict], names: list[str], budget_s: float, smoke: bool) -> str:
+def table(rows: list[dict], names: list[str], budget_s: float, smoke: bool, stack: list[str] | None = None) -> str:
     """The ablation table: mean bpb, seed spread, change vs the baseline and the verdict, tokens/s."""
     def runs(name):
         return [r for r in rows if r["variant"] == name and r["budget_s"] == budget_s and r.get("smoke") == smoke]
@@ -139,6 +139,9 @@ def table(rows: list[dict], names: list[str], budget_s: float, smoke: bool) -> s
             lines.append(f"| {name} | {'diverged' if diverged else 'not run'} |  | {diverged} |  |  |  |")
             continue
         mean, spread, n, tps, bad = st
+        # the stack a run recorded (older runs: the one given now)
+        used = next((r["stack"] for r in runs(name) if r.get("stack")), stack)
+        label = f"stacked ({' + '.join(used)})" if name == "stacked" and used else name
         delta, verdict = "", ""
         if base is not None and name != "baseline":
             d = mean - base[0]
@@ -147,7 +150,7 @@ def table(rows: list[dict], names: list[str], budget_s: float, smoke: bool) -> s
             verdict = "wins" if d < -margin else "loses" if d > margin else "within the spread"
             if min(n, base[2]) < 2:
                 verdict += " (one seed)"
-        lines.append(f"| {name} | {mean:.4f} | {spread:.4f} | {n}{f' (+{bad} diverged)' if bad else ''} | {delta} | "
+        lines.append(f"| {label} | {mean:.4f} | {spread:.4f} | {n}{f' (+{bad} diverged)' if bad else ''} | {delta} | "
                      f"{verdict} | {tps:,.0f} |")
     return "\n".join(lines)
 
@@ -185,11 +188,13 @@ def main(argv: list[str] | None = None) -> int:
             work = Path(args.work or tmp)
             for name, seed in todo:
                 rec = run_one(Path(args.data), name, all_variants[name], seed, budget_s, args.smoke, work)
+                if name == "stacked":
+                    rec["stack"] = stack
                 append_result(results, rec)
                 bpb = f"{rec['bpb']:.4f} bpb" if rec.get("bpb") is not None else "diverged"
                 print(f"  {name} seed {seed}: {bpb}, {rec.get('tokens', 0):,} tokens at "
                       f"{rec.get('tokens_per_s', 0):,.0f} tok/s (load {rec['loadavg'][0]})", flush=True)
-    print(table(read_results(results), names, budget_s, args.smoke))
+    print(table(read_results(results), names, budget_s, args.smoke, stack))
     return 0
 
 
