@@ -69,7 +69,7 @@ def write_row(table_path: Path, runs: list[dict]) -> None:
               warmup_frac=round(cfg["warmup_steps"] / max(1, statistics.mean(r["steps"] for r in runs)), 4),
               weight_decay=cfg["weight_decay"], dropout=model.dropout, position=model.position, norm=model.norm,
               mlp=model.mlp, bpb=round(statistics.mean(r["bpb"] for r in runs), 4), tokens=int(tokens),
-              tokens_per_s=round(tps, 1), tried=len(runs), efficiency=round(tps * per_token / probe, 4),
+              tokens_per_s=round(tps, 1), tried=None, efficiency=round(tps * per_token / probe, 4),
               optimizer=cfg["optimizer"], lr_schedule=cfg["lr_schedule"], cooldown_frac=cfg["cooldown_frac"],
               muon_lr=cfg.get("muon_lr"), block=block)
     table.rows = [r for r in table.rows if r.budget_s != budget_s] + [row]
@@ -79,6 +79,36 @@ def write_row(table_path: Path, runs: list[dict]) -> None:
     table.notes = [n for n in table.notes if not n.startswith(f"the {budget_s / 60:g}-minute row")] + [note]
     atomic_write_json(table_path, table.to_dict())
     print(f"{table_path}: wrote the {budget_s:g}s row ({row.label()}, {row.bpb} bpb)")
+
+
+def plot(specs: list[str], out: Path) -> None:
+    """Bits per byte (all of the validation file) against the budget, one series per results file
+    (`PATH` or `PATH=LABEL`; the label defaults to the recipe the runs picked)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for spec in specs:
+        path, _, label = spec.partition("=")
+        path = Path(path)
+        runs = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+        if not runs:
+            continue
+        xs = [r["picked_budget_s"] / 60 if r.get("picked_budget_s") else float(r["budget"].rstrip("m")) for r in runs]
+        label = label or runs[-1]["label"].replace("auto ", "")
+        ax.scatter(xs, [r["bpb"] for r in runs], label=label, zorder=3)
+    ax.set_xscale("log")
+    ax.minorticks_off()
+    ax.set_xticks([5, 10, 30], labels=["5 min", "10 min", "30 min"])
+    ax.set_xlabel("--max-time (2-core CPU)")
+    ax.set_ylabel("bits per byte, all of TinyStories-subset-valid.txt")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    print(f"wrote {out}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,7 +121,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="after the runs, write each checked budget's row of this budget table from what they "
                          "measured (the recipe they ran, their mean tokens and compute; bpb on all of the "
                          "validation file)")
+    ap.add_argument("--plot", nargs="*", default=None, metavar="RESULTS[=LABEL]",
+                    help="only draw benchmarks/results/budget_check.png from these results files (no runs)")
     args = ap.parse_args(argv)
+    if args.plot is not None:
+        plot(args.plot or [str(args.results)], RESULTS / "budget_check.png")
+        return 0
 
     data = args.work / "data"
     if not (data / "meta.json").is_file():

@@ -354,10 +354,12 @@ def _explain(say, table: Table, row: Row, pr: Probe, *, budget: float, left: flo
         f"{pr.tokens_per_s:,.0f} tokens/s = {pr.flops_per_s / 1e9:.1f} GFLOP/s "
         f"({pr.flops_per_s / table.probe_flops_per_s:.2f}x the sweep machine)")
     got = f"{row.bpb:.3f} bits per byte, " if row.bpb is not None else ""
-    tried = f"best of {row.tried} recipes; " if row.tried else ""
+    # a row the sweep chose among several recipes, or one measured as the recipe of its budget (budget_check.py)
+    what = f"the sweep's {format_duration(row.budget_s)} winner ({got}best of {row.tried} recipes; " if row.tried \
+        else f"the table's {format_duration(row.budget_s)} recipe ({got}"
     say(f"budget: in the {format_duration(left)} left its {row.label()} model would train {row_compute / 1e12:.1f} TFLOP "
-        f"here; as the sweep's {format_duration(row.budget_s)} winner ({got}{tried}{table.machine}) it trained "
-        f"{row.compute / 1e12:.1f}: the nearest of the sweep's {len(table.rows)} budgets")
+        f"here; as {what}{table.machine}) it trained "
+        f"{row.compute / 1e12:.1f}: the nearest of the table's {len(table.rows)} budgets")
     ratio = row_compute / row.compute
     if not 0.5 < ratio < 2:
         say("budget: note: " + (f"{ratio:.2g}x the compute of the sweep's smallest budget: its recipe may be too big "
