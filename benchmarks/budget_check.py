@@ -45,7 +45,6 @@ def write_row(table_path: Path, runs: list[dict]) -> None:
     """Replace (or add) the row for the runs' budget in the table at `table_path` with the recipe they ran
     and what they measured: compute and tokens are the runs' means, bpb their mean on the whole validation
     file, efficiency their model's training FLOP/s over the reference's (the run's own probe)."""
-    import dataclasses
     import statistics
 
     from tinystories.model.config import ModelConfig
@@ -53,8 +52,9 @@ def write_row(table_path: Path, runs: list[dict]) -> None:
     from tinystories.runtime.files import atomic_write_json
 
     table = Table.load(table_path)
-    cfg = json.loads((Path(runs[0]["eval"]["model"]["dir"]) / "train_config.json").read_text())
-    model = ModelConfig(**json.loads((Path(runs[0]["eval"]["model"]["dir"]) / "config.json").read_text())["model"])
+    run_dir = Path(runs[0]["eval"]["model"]["dir"])
+    cfg = json.loads((run_dir / "train_config.json").read_text())
+    model = ModelConfig(**json.loads((run_dir / "config.json").read_text())["model"])
     per_token = train_flops_per_token(model)
     tokens = statistics.mean(r["tokens"] for r in runs)
     tps = statistics.mean(r["tokens_per_s"] for r in runs)
