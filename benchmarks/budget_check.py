@@ -61,9 +61,7 @@ def write_row(table_path: Path, runs: list[dict]) -> None:
     probe = statistics.mean(r["probe"]["flops_per_s"] for r in runs)
     budget_s = runs[0]["picked_budget_s"]
     plain = ModelConfig()
-    block = {k: getattr(model, k) for k in ("qk_norm", "zero_init", "tie_embeddings", "logit_softcap",
-                                             "value_embeddings", "x0_mix", "doc_mask_token")
-             if getattr(model, k) != getattr(plain, k)}
+    block = {k: getattr(model, k) for k in ModelConfig.ROW_OPTIONS if getattr(model, k) != getattr(plain, k)}
     row = Row(budget_s=budget_s, compute=per_token * tokens, hidden=model.hidden, layers=model.layers,
               heads=model.heads, context=cfg["context"], batch_size=cfg["batch_size"], lr=cfg["lr"],
               warmup_frac=round(cfg["warmup_steps"] / max(1, statistics.mean(r["steps"] for r in runs)), 4),
@@ -121,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="after the runs, write each checked budget's row of this budget table from what they "
                          "measured (the recipe they ran, their mean tokens and compute; bpb on all of the "
                          "validation file)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="sets",
+                    help="passed on to every run as `--set KEY=VALUE` (a candidate recipe; the runs name it as "
+                         "the user's)")
     ap.add_argument("--plot", nargs="*", default=None, metavar="RESULTS[=LABEL]",
                     help="only draw benchmarks/results/budget_check.png from these results files (no runs)")
     args = ap.parse_args(argv)
@@ -144,12 +145,12 @@ def main(argv: list[str] | None = None) -> int:
             out = args.work / "runs" / name
             t0 = time.time()
             train = cli("train", "--data", data, "--max-time", budget, "--out", out, "--force", "--json",
-                        "--set", f"seed={n}")
+                        "--set", f"seed={n}", *[a for kv in args.sets for a in ("--set", kv)])
             wall = time.time() - t0
             s = json.loads(train.stdout)
             cli("evaluate", "loss", out, "--data", SHARED / VALID_FILE)
             ev = json.loads((out / "eval" / "loss.json").read_text())
-            rec = {"run": name, "budget": budget, "seed": n, "bpb": ev.get("bits_per_byte"), "eval": ev,
+            rec = {"run": name, "budget": budget, "seed": n, "sets": args.sets, "bpb": ev.get("bits_per_byte"), "eval": ev,
                    "picked": s.get("budget", {}).get("picked"), "label": s["preset"], "steps": s["steps"],
                    "tokens": s["tokens"], "tokens_per_s": s["tokens_per_s"], "time_s": s["time_s"],
                    "picked_budget_s": s.get("budget", {}).get("budget_s"),

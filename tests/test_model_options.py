@@ -16,7 +16,7 @@ from tinystories.model.config import (
     parameter_counts,
     preset_config,
 )
-from tinystories.model.gpt_neo import GPTNeo
+from tinystories.model.gpt_neo import GPTNeo, Masks, Pass
 
 V = 96
 
@@ -191,7 +191,39 @@ def test_every_option_decodes_through_forward_and_the_cache_agrees():
             assert (torch.cat(steps, 1) - model(ids)).abs().max() < 1e-4, kw
 
 
+@pytest.mark.parametrize("position", ["learned", "rope"])
+def test_attn_dropout_zero_leaves_the_attention_probabilities_whole(position):
+    """dropout 0.5 with attn_dropout 0: the attention output, in training, is its eval output with each
+    element zeroed or doubled (the residual dropout alone). With the attention probabilities dropped too,
+    that no longer holds."""
+    x = torch.randn(2, 40, 32, generator=torch.Generator().manual_seed(3))
+    for attn_dropout, whole in ((0.0, True), (None, False), (0.5, False)):
+        model = _model(dropout=0.5, attn_dropout=attn_dropout, position=position)
+        attn = model.blocks[0].attn
+        p = Pass(start=0, masks=Masks(0, 40, "cpu", None), rope=(model.rope_cos, model.rope_sin) if position == "rope" else None)
+        with torch.no_grad():
+            clean = attn(x, p)
+            torch.manual_seed(0)
+            attn.train()
+            noisy = attn(x, p)
+        kept = noisy != 0
+        assert 0.3 < kept.float().mean() < 0.7  # the residual dropout always acts
+        assert torch.allclose(noisy[kept], 2 * clean[kept], atol=1e-5) is whole, attn_dropout
+
+
+def test_attn_dropout_exports_as_gpt_neos_attention_dropout():
+    from tinystories.model.hf import from_hf_config, to_hf_config
+
+    for attn_dropout in (None, 0.0, 0.2):
+        cfg = preset_config("1M", dropout=0.1, attn_dropout=attn_dropout)
+        hf = to_hf_config(cfg)
+        assert (hf["resid_dropout"], hf["attention_dropout"]) == (0.1, 0.1 if attn_dropout is None else attn_dropout)
+        assert from_hf_config(hf).attention_dropout == cfg.attention_dropout
+
+
 def test_bad_option_values_are_one_line_errors():
+    with pytest.raises(UserError, match="attn_dropout"):
+        ModelConfig(attn_dropout=1.0)
     with pytest.raises(UserError, match="logit_softcap"):
         ModelConfig(logit_softcap=0.0)
     with pytest.raises(UserError, match="doc_mask_token"):

@@ -26,7 +26,11 @@ class ModelConfig:
     attention: str | list[str] = "alternating"
     window: int = 256               # a local-attention token sees itself and the window-1 tokens before it
     intermediate: int | None = None  # MLP width; None = 4 * hidden (GPT-Neo), 8/3 * hidden for swiglu
-    dropout: float = 0.0            # embedding, attention and residual dropout alike
+    dropout: float = 0.0            # embedding and residual dropout, and attention dropout unless attn_dropout says
+    # Dropout on the attention probabilities; None = `dropout` (GPT-Neo's one rate). 0 with dropout > 0 keeps
+    # attention on SDPA's fused path: measured on the 128x4 rope model (Zen 4, bf16), dropout 0.1 everywhere
+    # trained at 6,797 tokens/s against 10,289 with none.
+    attn_dropout: float | None = None
     layer_norm_eps: float = 1e-5
     scale_attn: bool = False        # GPT-Neo does NOT divide scores by sqrt(head_dim)
     # The optional "modern" block (issue 9); the defaults are GPT-Neo as the paper trained it.
@@ -43,6 +47,10 @@ class ModelConfig:
     x0_mix: bool = False            # each block's input = a * x + b * x0 (the embeddings), a, b learned per layer
     doc_mask_token: int | None = None  # attention does not cross this token (<|endoftext|>'s id); None = it may
 
+    # The fields beyond shape, position, norm, mlp and dropout that a budget-table row may set (Row.block).
+    ROW_OPTIONS = ("qk_norm", "zero_init", "tie_embeddings", "logit_softcap", "value_embeddings", "x0_mix",
+                   "doc_mask_token", "attn_dropout")
+
     def __post_init__(self):
         self.validate()
 
@@ -58,6 +66,10 @@ class ModelConfig:
         if self.mlp == "swiglu":
             return _round_up(int(8 * self.hidden / 3), 8)
         return 4 * self.hidden
+
+    @property
+    def attention_dropout(self) -> float:
+        return self.dropout if self.attn_dropout is None else self.attn_dropout
 
     @property
     def is_paper_block(self) -> bool:
@@ -95,6 +107,8 @@ class ModelConfig:
             bad(f"rope needs an even head size, got {self.head_dim}")
         if not 0.0 <= self.dropout < 1.0:
             bad(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.attn_dropout is not None and not 0.0 <= self.attn_dropout < 1.0:
+            bad(f"attn_dropout must be in [0, 1) or none, got {self.attn_dropout}")
         if isinstance(self.attention, str) and self.attention not in ("alternating", "global", "local"):
             bad(f"attention must be alternating, global, local or a list, got {self.attention!r}")
         types = self.layer_types

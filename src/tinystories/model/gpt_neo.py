@@ -150,7 +150,7 @@ class SelfAttention(nn.Module):
         self.heads, self.head_dim = cfg.heads, cfg.head_dim
         self.window = cfg.window if cfg.layer_types[layer] == "local" else None
         self.scale = 1.0 / math.sqrt(cfg.head_dim) if cfg.scale_attn else 1.0
-        self.dropout = cfg.dropout
+        self.dropout = cfg.attention_dropout  # on the attention probabilities
         self.qk_norm = cfg.qk_norm
         self.qkv = nn.Linear(cfg.hidden, 3 * cfg.hidden, bias=False)  # HF: q_proj, k_proj, v_proj stacked
         self.out_proj = nn.Linear(cfg.hidden, cfg.hidden, bias=True)
@@ -161,12 +161,14 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, p: Pass) -> torch.Tensor:
         B, T, C = x.shape
         dropout = self.dropout if self.training else 0.0
+        resid = self.training and self.resid_drop.p > 0
         qkv = self.qkv(x)
         plain = not self.qk_norm and p.ve is None and p.masks.docs is None
         if (plain and p.rope is None and p.cache is None and p.start == 0 and p.masks.pad is None
                 and kernels.use_attention_kernel(qkv, self.head_dim, dropout)):
             # a fresh sequence on a CPU, small heads: the fused kernel (same math, no head transposes)
-            return self.out_proj(kernels.fused_attention(qkv, self.heads, self.window, self.scale))
+            y = self.out_proj(kernels.fused_attention(qkv, self.heads, self.window, self.scale))
+            return self.resid_drop(y) if resid else y
         q, k, v = qkv.view(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         if self.qk_norm:  # unit RMS per head: the scores' scale no longer drifts with the weights
             q, k = F.rms_norm(q, (self.head_dim,)), F.rms_norm(k, (self.head_dim,))
@@ -180,7 +182,7 @@ class SelfAttention(nn.Module):
             k, v = p.cache.update(self.layer, p.start, k, v, lo=k_start)
         mask = p.masks.get(self.window, k_start, k.size(2))
         y = self.out_proj(attend(q, k, v, mask, self.scale, dropout).transpose(1, 2).reshape(B, T, C))
-        return self.resid_drop(y) if dropout else y
+        return self.resid_drop(y) if resid else y
 
 
 def attend(q, k, v, mask: torch.Tensor | None, scale: float, dropout: float = 0.0) -> torch.Tensor:

@@ -117,7 +117,7 @@ def to_hf_config(cfg: ModelConfig, tokenizer: Tokenizer | None = None) -> dict:
         "intermediate_size": cfg.mlp_width,
         "activation_function": "gelu_new",
         "embed_dropout": cfg.dropout,
-        "attention_dropout": cfg.dropout,
+        "attention_dropout": cfg.attention_dropout,
         "resid_dropout": cfg.dropout,
         "layer_norm_epsilon": cfg.layer_norm_eps,
         "initializer_range": 0.02,
@@ -160,6 +160,12 @@ def to_llama_config(cfg: ModelConfig, eot: int | None) -> dict:
     }
 
 
+def _attn_dropout(hf: dict) -> float | None:
+    """GPT-Neo's attention_dropout, or None where it equals resid_dropout (our one-rate default)."""
+    resid, attn = float(hf.get("resid_dropout", 0.0)), float(hf.get("attention_dropout", 0.0))
+    return None if attn == resid else attn
+
+
 def from_hf_config(hf: dict, source: str = "config.json") -> ModelConfig:
     """Our ModelConfig for a transformers GPT-Neo (or Llama) config.json (a UserError if it is not one we can run)."""
     if hf.get("model_type") == "llama":
@@ -185,6 +191,7 @@ def from_hf_config(hf: dict, source: str = "config.json") -> ModelConfig:
             window=int(hf.get("window_size", 256)),
             intermediate=None if inter in (None, 4 * hidden) else int(inter),
             dropout=float(hf.get("resid_dropout", 0.0)),
+            attn_dropout=_attn_dropout(hf),
             layer_norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
             scale_attn=False,
             tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
