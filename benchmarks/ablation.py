@@ -81,7 +81,7 @@ def base_recipe(budget_s: float) -> list[str]:
     as --set settings."""
     from tinystories.train.budget import Table
 
-    rows = sorted(Table.load().rows, key=lambda r: r.budget_s)
+    rows = sorted(Table.load().candidates(), key=lambda r: r.budget_s)  # the rows at the table's vocabulary
     row = ([r for r in rows if r.budget_s <= budget_s] or rows[:1])[-1]
     tokens = row.tokens or (row.tokens_per_s or 5000.0) * row.budget_s
     steps = tokens / (row.batch_size * row.context) * budget_s / row.budget_s

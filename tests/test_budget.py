@@ -43,6 +43,35 @@ def test_rule_picks_the_nearest_row_in_log_compute_and_is_monotone():
     assert t.pick(4e12, 8192)[1] == 4e12 and t.pick(4e12, 50257)[1] < 4e12
 
 
+def test_a_budget_with_a_row_per_vocabulary_picks_the_datas_and_names_the_better_one(tiny_data):
+    """The data's vocabulary is fixed by `prepare`: at a budget measured at two vocabularies the picker takes
+    the row measured at the data's, counts compute at that row's vocabulary, and names a better-scoring row
+    at the other one with the --vocab-size that trains it."""
+    from tinystories.data.prepare import load_data_dir
+
+    t = _table()
+    big = t.rows[-1]
+    small = Row(budget_s=1800, compute=1e14, hidden=192, layers=4, heads=6, context=256, batch_size=8, lr=2e-3,
+                bpb=0.70, vocab_size=4096)
+    big.bpb = 0.80
+    t = Table(vocab_size=8192, probe_flops_per_s=1e10, machine="test", rows=[*t.rows, small])
+    assert t.pick(1e14)[0].hidden == 256 and t.pick(1e14, 8192)[0].hidden == 256
+    assert t.pick(1e14, 4096)[0] is small
+    assert t.pick(1e14, 4096)[1] == 1e14          # measured at 4096: no rescaling
+    assert t.pick(1e12, 4096)[0].budget_s == 120  # a budget with no 4096 row: the table's row, rescaled
+    assert t.pick(1e12, 4096)[1] > 1e12
+    assert t.alternatives(big) == [small]
+    assert t.alternatives(small) == []            # worse rows are not advertised
+
+    data = load_data_dir(tiny_data)  # its vocabulary is neither: the table's 8192 row, and the note
+    lines = []
+    plan(TrainConfig(data=str(tiny_data), out="x", max_time=60, threads=1), data, torch.device("cpu"),
+         table=Table(vocab_size=8192, probe_flops_per_s=1e-3, machine="test", rows=[big, small]),
+         say=lines.append)
+    assert any("vocabulary 4,096" in line and "--vocab-size 4096" in line and "0.700" in line for line in lines)
+    assert "of the table's 1 budgets" in "\n".join(lines)
+
+
 def test_flops_per_token_counts_weights_and_attention():
     h, L, V, T = 64, 2, 1000, 128
     g = ModelConfig(vocab_size=V, context=T, hidden=h, layers=L, heads=2, attention="global")

@@ -132,6 +132,9 @@ class Row:
     # ModelConfig block options the run switched on (issue 17's ablation), e.g. {"qk_norm": true};
     # only options that export to transformers belong here (tests/test_budget.py checks it)
     block: dict[str, Any] = field(default_factory=dict)
+    # the vocabulary the row's runs trained with; None = the table's. A budget may have a row per vocabulary:
+    # the data's vocabulary is fixed by `prepare`, so the picker takes the row measured at it where there is one.
+    vocab_size: int | None = None
 
     def model_config(self, vocab_size: int) -> ModelConfig:
         return ModelConfig(vocab_size=vocab_size, context=self.context, hidden=self.hidden, layers=self.layers,
@@ -201,24 +204,44 @@ class Table:
         except (ValueError, TypeError, KeyError) as e:
             raise UserError(f"budget table {path or TABLE_FILE}: unreadable ({e})") from None
 
+    def row_vocab(self, row: Row) -> int:
+        return row.vocab_size or self.vocab_size
+
     def row_compute(self, row: Row, compute: float, vocab_size: int | None = None) -> float:
         """What `compute` (reference-model FLOPs: time x the probe's FLOP/s) buys `row`'s model, in the
-        sweep's units: its relative speed, and its tokens counted at the sweep's cost per token (another
-        vocabulary makes every token dearer or cheaper)."""
+        sweep's units: its relative speed, and its tokens counted at the cost per token its runs paid
+        (another vocabulary makes every token dearer or cheaper)."""
         c = compute * row.efficiency
-        if vocab_size and vocab_size != self.vocab_size:
-            c *= (train_flops_per_token(row.model_config(self.vocab_size))
+        if vocab_size and vocab_size != self.row_vocab(row):
+            c *= (train_flops_per_token(row.model_config(self.row_vocab(row)))
                   / train_flops_per_token(row.model_config(vocab_size)))
         return c
+
+    def candidates(self, vocab_size: int | None = None) -> list[Row]:
+        """One row per budget: the one measured at `vocab_size` where the budget has one, else the one at
+        the table's vocabulary, else its first."""
+        vocab = vocab_size or self.vocab_size
+        by_budget: dict[float, list[Row]] = {}
+        for row in self.rows:
+            by_budget.setdefault(row.budget_s, []).append(row)
+        return [next((r for r in rows if self.row_vocab(r) == vocab), None)
+                or next((r for r in rows if self.row_vocab(r) == self.vocab_size), rows[0])
+                for rows in by_budget.values()]
+
+    def alternatives(self, row: Row) -> list[Row]:
+        """The rows measured at `row`'s budget with another vocabulary and a better score."""
+        return [r for r in self.rows if r.budget_s == row.budget_s and self.row_vocab(r) != self.row_vocab(row)
+                and r.bpb is not None and row.bpb is not None and r.bpb < row.bpb]
 
     def pick(self, compute: float, vocab_size: int | None = None) -> tuple[Row, float]:
         """The row for `compute` (reference-model FLOPs), and what it buys that row (`row_compute`).
 
-        The row whose model would get nearest, in log, to the compute it got in the sweep wins;
-        below the first row or past the last, the end row.
+        Among `candidates` (a row per budget, at the data's vocabulary where measured), the row whose
+        model would get nearest, in log, to the compute it got in the sweep wins; below the first row or
+        past the last, the end row.
         """
         best, best_d, best_c = None, math.inf, compute
-        for row in self.rows:
+        for row in self.candidates(vocab_size):
             c = self.row_compute(row, compute, vocab_size)
             d = abs(math.log(c / row.compute))
             if d < best_d:
@@ -359,7 +382,7 @@ def _explain(say, table: Table, row: Row, pr: Probe, *, budget: float, left: flo
         else f"the table's {format_duration(row.budget_s)} recipe ({got}"
     say(f"budget: in the {format_duration(left)} left its {row.label()} model would train {row_compute / 1e12:.1f} TFLOP "
         f"here; as {what}{table.machine}) it trained "
-        f"{row.compute / 1e12:.1f}: the nearest of the table's {len(table.rows)} budgets")
+        f"{row.compute / 1e12:.1f}: the nearest of the table's {len({r.budget_s for r in table.rows})} budgets")
     ratio = row_compute / row.compute
     if not 0.5 < ratio < 2:
         say("budget: note: " + (f"{ratio:.2g}x the compute of the sweep's smallest budget: its recipe may be too big "
@@ -367,6 +390,10 @@ def _explain(say, table: Table, row: Row, pr: Probe, *, budget: float, left: flo
                                 if ratio < 1 else
                                 f"{ratio:.1f}x the compute of the sweep's largest budget: its recipe, on a longer "
                                 "schedule; the sweep has not measured whether a bigger model does better here"))
+    for alt in table.alternatives(row):
+        say(f"budget: note: at {format_duration(row.budget_s)} the table also has a row measured at vocabulary "
+            f"{table.row_vocab(alt):,} ({alt.label()}, {alt.bpb:.3f} bits per byte against this row's "
+            f"{row.bpb:.3f}); to train it, prepare the data with --vocab-size {table.row_vocab(alt)}")
     recipe = shape.recipe()
     say(f"budget: picked {shape.shape()}{', ' + recipe if recipe else ''}, context {new.context}, "
         f"batch {batch} x {new.context}, lr {new.lr:g}, "
