@@ -156,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
             s = json.loads(train.stdout)
             cli("evaluate", "loss", out, "--data", SHARED / VALID_FILE)
             ev = json.loads((out / "eval" / "loss.json").read_text())
-            rec = {"run": name, "budget": budget, "seed": n, "sets": args.sets, "bpb": ev.get("bits_per_byte"), "eval": ev,
+            rec = {"run": name, "budget": budget, "seed": n, "sets": args.sets, "bpb": ev.get("bits_per_byte"),
+                   "eval": ev,
                    "picked": s.get("budget", {}).get("picked"), "label": s["preset"], "steps": s["steps"],
                    "tokens": s["tokens"], "tokens_per_s": s["tokens_per_s"], "time_s": s["time_s"],
                    "picked_budget_s": s.get("budget", {}).get("budget_s"),

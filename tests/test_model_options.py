@@ -200,7 +200,8 @@ def test_attn_dropout_zero_leaves_the_attention_probabilities_whole(position):
     for attn_dropout, whole in ((0.0, True), (None, False), (0.5, False)):
         model = _model(dropout=0.5, attn_dropout=attn_dropout, position=position)
         attn = model.blocks[0].attn
-        p = Pass(start=0, masks=Masks(0, 40, "cpu", None), rope=(model.rope_cos, model.rope_sin) if position == "rope" else None)
+        rope = (model.rope_cos, model.rope_sin) if position == "rope" else None
+        p = Pass(start=0, masks=Masks(0, 40, "cpu", None), rope=rope)
         with torch.no_grad():
             clean = attn(x, p)
             torch.manual_seed(0)
