@@ -56,7 +56,7 @@ SHARED = Path(os.environ.get("TINYSTORIES_SHARED_DATA", REPO.parent / "shared" /
 TRAIN_FILES = ["TinyStories-train-head.txt", "TinyStoriesV2-GPT4-train-head.txt", "tinystories-sample-3000.json"]
 VALID_FILE = "TinyStories-subset-valid.txt"
 RESULTS = REPO / "benchmarks" / "results"
-DEFAULT_VOCAB = 8192                  # prepare's default: the table is fitted to it
+DEFAULT_VOCAB = 8192                  # the sweep's base vocabulary and the table's: rows without a vocab_size
 EVAL_TOKENS = 262_144                 # validation tokens scored per run (train's final_eval_tokens default)
 
 # (hidden, layers, head size): the grid's first rung

@@ -158,6 +158,38 @@ def test_plan_keeps_user_model_fields(tiny_data):
 
 
 
+def test_plan_expects_the_speed_of_the_model_the_user_set_not_the_rows(tiny_data):
+    """A --set model.hidden that widens the row's model is planned at its own cost per token: fewer tokens
+    per second expected, so fewer steps, and the row's warmup fraction of those steps (not of the row's)."""
+    from tinystories.data.prepare import load_data_dir
+
+    data = load_data_dir(tiny_data)
+    table = _table()
+    table.rows = table.rows[:1]  # one row, so both plans pick it whatever their probes measured
+    row = table.rows[0]
+    base = TrainConfig(data=str(tiny_data), out="x", max_time=120, threads=1)
+    cfg_row, plain = plan(base, data, torch.device("cpu"), table=table, say=lambda line: None)
+    wide = {"hidden": 2 * row.hidden, "heads": 2 * row.heads}
+    cfg_wide, widened = plan(base.replace(model=wide), data, torch.device("cpu"), table=table, say=lambda line: None)
+    assert cfg_wide.model["hidden"] == 2 * row.hidden and cfg_row.model["hidden"] == row.hidden
+
+    def cost(m):
+        return train_flops_per_token(ModelConfig(**{**m, "vocab_size": data.vocab_size}), row.context)
+
+    # each plan's expected speed is its own probe's FLOP/s over its own model's cost (probes differ a little)
+    for choice, cfg in ((plain, cfg_row), (widened, cfg_wide)):
+        want = choice["probe"]["flops_per_s"] * row.efficiency / cost(cfg.model)
+        assert choice["expected_tokens_per_s"] == pytest.approx(want, rel=1e-3)
+    ratio = cost(cfg_wide.model) / cost(cfg_row.model)
+    assert ratio > 2  # the wider model costs more than twice as much per token ...
+    speed = widened["expected_tokens_per_s"] / plain["expected_tokens_per_s"]
+    assert speed < 0.75  # ... so it is expected to train far slower, even if the two probes differ
+    # warmup stays the row's fraction of this run's steps
+    tokens_per_step = cfg_wide.batch_size * cfg_wide.context
+    steps = widened["expected_tokens"] / tokens_per_step
+    assert cfg_wide.warmup_steps == pytest.approx(row.warmup_frac * steps, rel=0.05, abs=2)
+
+
 def test_plan_takes_the_rows_optimizer_schedule_and_block_unless_the_user_gave_them(tiny_data):
     """A row measured with Muon, WSD and a block option hands all three to the run; a --set the user gave
     (here optimizer=adamw, qk_norm=false) wins, and is named as theirs."""

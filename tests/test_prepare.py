@@ -52,7 +52,7 @@ def test_bpe_round_trip_on_shared_files(tmp_path, shared_stories):
     assert "7,043 stories" in proc.stdout
     meta = json.loads((d / "meta.json").read_text())
     _check_meta(meta, d, train, val)
-    assert meta["vocab_size"] == 8192 and meta["tokenizer"]["kind"] == "bpe"
+    assert meta["vocab_size"] == 4096 and meta["tokenizer"]["kind"] == "bpe"
 
     data = load_data_dir(d)
     tok = data.tokenizer()

@@ -17,7 +17,7 @@ class PrepareArgs:
     tokenizer: Literal["bpe", "gpt-neo"] = "bpe"
     """bpe: a byte-level BPE trained on the train split; gpt-neo: the paper's GPT-2 BPE"""
     vocab_size: Annotated[int | None, arg(metavar="N")] = None
-    """bpe: vocabulary size (default 8192); gpt-neo: keep the N most frequent tokens (the paper used 10000; default: all 50257)"""
+    """bpe: vocabulary size (default 4096); gpt-neo: keep the N most frequent tokens (the paper used 10000; default: all 50257)"""
     val: Annotated[list[str] | None, arg(metavar="SOURCE")] = None
     """validation stories (put it after the training SOURCEs); train stories found here are dropped"""
     val_fraction: Annotated[float | None, arg(metavar="F")] = None

@@ -125,7 +125,7 @@ def _read_meta(path: Path, tk: HFTokenizer) -> dict:
     return meta
 
 
-def train_bpe(texts: Iterable[str], vocab_size: int = 8192, show_progress: bool = False) -> Tokenizer:
+def train_bpe(texts: Iterable[str], vocab_size: int = 4096, show_progress: bool = False) -> Tokenizer:
     """A byte-level BPE trained on `texts`, with <|endoftext|> as a special token (id 0)."""
     from tokenizers import decoders, models, pre_tokenizers, trainers
 

@@ -287,16 +287,22 @@ def plan(cfg, data, device, *, table: Table | None = None, say: Callable[[str], 
     compute = pr.flops_per_s * left
     row, row_compute = table.pick(compute, data.vocab_size)
 
-    # the row's model here: the probe's FLOP/s, times its speed relative to the reference, over its cost
-    # per token at this vocabulary
-    tps = pr.flops_per_s * row.efficiency / train_flops_per_token(row.model_config(data.vocab_size))
-
     user_model = dict(cfg.model)
     user = {k for k in _PICKED_TRAIN if k in cfg.given or getattr(cfg, k) != getattr(defaults, k)}
     if cfg.context is None:
         user.discard("context")  # context=none: the model's, and the model is the row's
     context = cfg.context if "context" in user else row.context
     batch = cfg.batch_size if "batch_size" in user else max(1, row.batch_size // world)
+    model = {"hidden": row.hidden, "layers": row.layers, "heads": row.heads, "context": max(row.context, context),
+             "dropout": row.dropout, "position": row.position, "norm": row.norm, "mlp": row.mlp, **row.block}
+    model.update(user_model)
+
+    # the model that will train here (the row's, with any model.* the user set): the probe's FLOP/s, times
+    # the row's speed relative to the reference, over this model's cost per token at this vocabulary. Using
+    # the row's own shape instead planned a wider --set model.hidden as if it ran at the row's speed, so its
+    # warmup, checkpoints and evals came too late (192 x 4 expected 12,604 tokens/s and trained at ~7,500).
+    tps = pr.flops_per_s * row.efficiency / train_flops_per_token(
+        ModelConfig(**{**model, "vocab_size": data.vocab_size}), context)
     tokens_per_step = batch * cfg.grad_accum * world * context
     step_s = tokens_per_step / tps
     eval_tokens = cfg.eval_tokens if "eval_tokens" in user else EVAL_TOKENS
@@ -321,9 +327,6 @@ def plan(cfg, data, device, *, table: Table | None = None, say: Callable[[str], 
         "muon_lr": row.muon_lr,
     }
     changes = {k: v for k, v in picked.items() if k not in user}
-    model = {"hidden": row.hidden, "layers": row.layers, "heads": row.heads, "context": max(row.context, context),
-             "dropout": row.dropout, "position": row.position, "norm": row.norm, "mlp": row.mlp, **row.block}
-    model.update(user_model)
     new = cfg.replace(**changes, model=model, max_time=round(train_s, 3))
 
     shape = Row(**{**dataclasses.asdict(row), **{k: model[k] for k in ("hidden", "layers", "heads", "dropout",
