@@ -190,6 +190,27 @@ def test_plan_expects_the_speed_of_the_model_the_user_set_not_the_rows(tiny_data
     assert cfg_wide.warmup_steps == pytest.approx(row.warmup_frac * steps, rel=0.05, abs=2)
 
 
+def test_plan_warns_when_the_run_would_pass_over_the_data_many_times(tiny_data, monkeypatch):
+    """On data so small that the budget covers it many times, the run is told it may overfit; below the
+    threshold it is not."""
+    from tinystories.data.prepare import load_data_dir
+    from tinystories.train import budget
+
+    data = load_data_dir(tiny_data)
+    cfg = TrainConfig(data=str(tiny_data), out="x", max_time=60, threads=1)
+    lines = []
+    _, choice = plan(cfg, data, torch.device("cpu"), table=_table(), say=lines.append)
+    epochs = choice["expected_tokens"] / len(data.train)
+    assert epochs > budget.MANY_EPOCHS  # the tiny test data: a minute covers it many times
+    warned = [line for line in lines if "passes over train.bin" in line]
+    assert len(warned) == 1 and f"~{epochs:.0f} passes" in warned[0] and "more training data" in warned[0]
+
+    monkeypatch.setattr(budget, "MANY_EPOCHS", 10 * epochs)
+    lines.clear()
+    plan(cfg, data, torch.device("cpu"), table=_table(), say=lines.append)
+    assert lines and not any("passes over train.bin" in line for line in lines)
+
+
 def test_plan_takes_the_rows_optimizer_schedule_and_block_unless_the_user_gave_them(tiny_data):
     """A row measured with Muon, WSD and a block option hands all three to the run; a --set the user gave
     (here optimizer=adamw, qk_norm=false) wins, and is named as theirs."""
