@@ -86,26 +86,32 @@ def write_row(table_path: Path, runs: list[dict]) -> None:
 
 
 def plot(specs: list[str], out: Path) -> None:
-    """Bits per byte (all of the validation file) against the budget, one series per results file
-    (`PATH` or `PATH=LABEL`; the label defaults to the recipe the runs picked)."""
+    """Bits per byte (all of the validation file) against the budget, one series per spec: a results file,
+    or several joined by commas (`PATH[,PATH...][=LABEL]`; the label defaults to the recipe the last run
+    picked). A series' points are joined by a line through each budget's mean."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
+    budgets: set[float] = set()
     for spec in specs:
-        path, _, label = spec.partition("=")
-        path = Path(path)
-        runs = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+        paths, _, label = spec.partition("=")
+        runs = [json.loads(line) for path in map(Path, paths.split(",")) if path.is_file()
+                for line in path.read_text().splitlines()]
         if not runs:
             continue
         xs = [r["picked_budget_s"] / 60 if r.get("picked_budget_s") else float(r["budget"].rstrip("m")) for r in runs]
         label = label or runs[-1]["label"].replace("auto ", "")
-        ax.scatter(xs, [r["bpb"] for r in runs], label=label, zorder=3)
+        dots = ax.scatter(xs, [r["bpb"] for r in runs], label=label, zorder=3)
+        means = {x: sum(r["bpb"] for x2, r in zip(xs, runs) if x2 == x) / xs.count(x) for x in sorted(set(xs))}
+        ax.plot(list(means), list(means.values()), color=dots.get_facecolor()[0], alpha=0.5, zorder=2)
+        budgets.update(means)
     ax.set_xscale("log")
     ax.minorticks_off()
-    ax.set_xticks([5, 10, 30], labels=["5 min", "10 min", "30 min"])
+    ticks = sorted(budgets) or [5, 10, 30]
+    ax.set_xticks(ticks, labels=[f"{t:g} min" for t in ticks])
     ax.set_xlabel("--max-time (2-core CPU)")
     ax.set_ylabel("bits per byte, all of TinyStories-subset-valid.txt")
     ax.grid(alpha=0.3)
@@ -129,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="passed on to every run as `--set KEY=VALUE` (a candidate recipe; the runs name it as "
                          "the user's)")
     ap.add_argument("--plot", nargs="*", default=None, metavar="RESULTS[=LABEL]",
-                    help="only draw benchmarks/results/budget_check.png from these results files (no runs)")
+                    help="only draw benchmarks/results/budget_check.png from these results files, one series per argument "
+                         "(join files with commas for one series; no runs)")
     args = ap.parse_args(argv)
     if args.plot is not None:
         plot(args.plot or [str(args.results)], RESULTS / "budget_check.png")

@@ -198,10 +198,11 @@ def test_plan_warns_when_the_run_would_pass_over_the_data_many_times(tiny_data, 
 
     data = load_data_dir(tiny_data)
     cfg = TrainConfig(data=str(tiny_data), out="x", max_time=60, threads=1)
+    monkeypatch.setattr(budget, "MANY_EPOCHS", 1)  # a minute covers the tiny test data a few times
     lines = []
     _, choice = plan(cfg, data, torch.device("cpu"), table=_table(), say=lines.append)
     epochs = choice["expected_tokens"] / len(data.train)
-    assert epochs > budget.MANY_EPOCHS  # the tiny test data: a minute covers it many times
+    assert epochs > 1.5
     warned = [line for line in lines if "passes over train.bin" in line]
     assert len(warned) == 1 and f"~{epochs:.0f} passes" in warned[0] and "more training data" in warned[0]
 
