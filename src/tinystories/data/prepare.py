@@ -25,6 +25,7 @@ from ..runtime.console import progress
 from ..runtime.files import atomic_dir, atomic_write_json, check_apart
 from .sources import Source, iter_stories, resolve_source, story_hash
 from .tokenizer import (
+    DEFAULT_BPE_VOCAB,
     GPT2_VOCAB_SIZE,
     Tokenizer,
     gpt2_base,
@@ -36,10 +37,6 @@ from .tokenizer import (
 DATA_FORMAT = "tinystories-data"
 DATA_VERSION = 1
 TOKENIZERS = ("bpe", "gpt-neo")
-# 4096, not 8192: on the shared data a 4096 vocabulary scored lower bits per byte at every --max-time budget
-# measured (5, 10 and 30 minutes, two seeds each; README, "What to train in the time you have"). The output
-# layer costs half as much per token, and the text grows only ~4% longer in tokens.
-DEFAULT_BPE_VOCAB = 4096
 DEFAULT_VAL_FRACTION = 0.05
 MAX_VOCAB = 65535                  # ids are stored as uint16
 BPE_TRAIN_BYTES = 256 << 20        # train the BPE on a hash-chosen sample of at most this much text
