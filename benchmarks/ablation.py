@@ -76,12 +76,13 @@ def append_result(path: Path, rec: dict) -> None:
         os.fsync(f.fileno())
 
 
-def base_recipe(budget_s: float) -> list[str]:
+def base_recipe(budget_s: float, vocab_size: int | None = None) -> list[str]:
     """The budget table's recipe for `budget_s` (the longest row not longer; the shortest row below it),
-    as --set settings."""
+    as --set settings, from the rows measured at the data's `vocab_size` where the budget has one (what
+    `train --max-time` picks on that data)."""
     from tinystories.train.budget import Table
 
-    rows = sorted(Table.load().candidates(), key=lambda r: r.budget_s)  # the rows at the table's vocabulary
+    rows = sorted(Table.load().candidates(vocab_size), key=lambda r: r.budget_s)
     row = ([r for r in rows if r.budget_s <= budget_s] or rows[:1])[-1]
     tokens = row.tokens or (row.tokens_per_s or 5000.0) * row.budget_s
     steps = tokens / (row.batch_size * row.context) * budget_s / row.budget_s
@@ -97,8 +98,9 @@ def run_one(data: Path, name: str, sets: list[str], seed: int, budget_s: float, 
     from tinystories.train.config import build_config
     from tinystories.train.loop import TrainingDiverged, train
 
-    eot = Tokenizer.load(data).eot_id
-    sets = [*base_recipe(budget_s), *[s.format(eot=eot) for s in sets], f"seed={seed}"]
+    tok = Tokenizer.load(data)
+    eot = tok.eot_id
+    sets = [*base_recipe(budget_s, tok.vocab_size), *[s.format(eot=eot) for s in sets], f"seed={seed}"]
     extra = {"final_eval_tokens": 4096, "eval_tokens": 1024} if smoke else {}
     cfg = build_config(sets=[*sets, "eval_every=0", "checkpoint_every=0", "samples=0"],
                        data=str(data), out=str(work / f"{name}-s{seed}"), max_time=budget_s, **extra)
