@@ -99,7 +99,9 @@ def rope_tables(cfg: ModelConfig, device=None):
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    # x: [B, H, T, D]; rotate pairs (first half, second half) as in GPT-NeoX / Llama.
+    # x [..., D] with cos, sin broadcasting to [..., D/2] (x [B, H, T, D] and tables [T, D/2], or the
+    # fused projection's [B, T, 2, H, D] and [T, 1, 1, D/2]); rotate pairs (first half, second half) as
+    # in GPT-NeoX / Llama.
     d = x.size(-1) // 2
     x1, x2 = x[..., :d], x[..., d:]
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
@@ -164,9 +166,13 @@ class SelfAttention(nn.Module):
         resid = self.training and self.resid_drop.p > 0
         qkv = self.qkv(x)
         plain = not self.qk_norm and p.ve is None and p.masks.docs is None
-        if (plain and p.rope is None and p.cache is None and p.start == 0 and p.masks.pad is None
+        if (plain and p.cache is None and p.start == 0 and p.masks.pad is None
                 and kernels.use_attention_kernel(qkv, self.head_dim, dropout)):
-            # a fresh sequence on a CPU, small heads: the fused kernel (same math, no head transposes)
+            # a fresh sequence on a CPU: the fused kernel (same math, no head transposes)
+            if p.rope is not None:  # rotate q and k together, in the projection's layout
+                qk, v = qkv.view(B, T, 3, self.heads, self.head_dim).split((2, 1), dim=2)
+                cos, sin = p.rope[0][:T, None, None], p.rope[1][:T, None, None]  # [T, 1, 1, D/2]
+                qkv = torch.cat([apply_rope(qk, cos, sin), v], dim=2).view(B, T, 3 * C)
             y = self.out_proj(kernels.fused_attention(qkv, self.heads, self.window, self.scale))
             return self.resid_drop(y) if resid else y
         q, k, v = qkv.view(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
