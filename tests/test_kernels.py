@@ -2,14 +2,16 @@
 
 Fused attention (forward and backward) against SDPA with the same causal / sliding-window mask,
 on sequences longer than the 256-token window; the chunked lm_head + cross-entropy against
-F.cross_entropy, gradients included; the skinny matrix product (fp32 and int8) against F.linear
-and independent of how many rows it gets; the fused decode block against the per-op decode;
+F.cross_entropy, gradients included; the skinny matrix product (fp32, int8 and bf16 weights) against F.linear
+and independent of how many rows it gets; the fused decode block against the per-op decode, and
+with bf16 weights against fp32 ones holding the same values;
 speculative greedy decoding with int8 drafts against one token per pass. No timings here:
 speed is benchmarks/run.py's job.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 
@@ -158,19 +160,25 @@ def test_lm_head_loss_equals_cross_entropy_with_gradients():
         assert kernels.lm_head_loss(x, w, targets).item() == pytest.approx(ref.item(), rel=1e-6)
 
 
-def test_model_loss_and_gradients_with_and_without_kernels(monkeypatch):
-    cfg = ModelConfig(vocab_size=300, context=320, hidden=32, layers=2, heads=8, window=256)
+@pytest.mark.parametrize("block", [{}, {"position": "rope", "norm": "rmsnorm", "mlp": "swiglu"}])
+def test_model_loss_and_gradients_with_and_without_kernels(monkeypatch, block):
+    # the budget recipe's block (rope) rotates q and k before the fused kernel: same loss and gradients
+    cfg = ModelConfig(vocab_size=300, context=320, hidden=32, layers=2, heads=8, window=256, **block)
     torch.manual_seed(2)
     model = GPTNeo(cfg)
     idx = torch.randint(0, 300, (2, 300))
     tgt = torch.randint(0, 300, (2, 300))
-    grads = {}
+    grads, calls = {}, []
+    fused = kernels.fused_attention
+    monkeypatch.setattr(kernels, "fused_attention", lambda *a: calls.append(1) or fused(*a))
     for flag in ("1", "0"):
         monkeypatch.setenv("TINYSTORIES_KERNELS", flag)
         model.zero_grad()
         loss = model(idx, tgt)
         loss.backward()
         grads[flag] = (loss.item(), [p.grad.clone() for p in model.parameters()])
+        assert len(calls) == (cfg.layers if flag == "1" else 0)  # every layer took the kernel, then none
+        calls.clear()
     assert grads["1"][0] == pytest.approx(grads["0"][0], rel=1e-6)
     for a, b in zip(grads["1"][1], grads["0"][1]):
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
@@ -215,6 +223,64 @@ def test_fused_decode_block_equals_per_op_decode(window):
     assert (a[0] - full[0, -3:]).abs().max() < 1e-4
     for k1, k2 in zip(caches[0].k, caches[1].k):
         assert (k1[:, :, :310] - k2[:, :, :310]).abs().max() < 1e-4
+
+
+def test_skinny_linear_with_bf16_weights_multiplies_in_fp32():
+    torch.manual_seed(6)
+    w, b = torch.randn(1003, 257).bfloat16(), torch.randn(1003)
+    x = torch.randn(7, 257)
+    y = kernels.linear(x, w, b)
+    assert y.dtype == torch.float32
+    assert torch.allclose(y, F.linear(x, w.float(), b), atol=1e-4)  # fp32 x times the weights' exact values
+    for m in range(1, 8):
+        assert torch.equal(kernels.linear(x[:m], w, b), y[:m])
+    many = torch.randn(40, 257)  # past the few rows: the library's bf16 product (x rounded), still fp32 out
+    ref = F.linear(many, w.float(), b)
+    assert (kernels.linear(many, w, b) - ref).abs().max() < 0.03 * ref.abs().max()
+
+
+@pytest.mark.parametrize("window", [256, 16])
+def test_bf16_decode_computes_what_fp32_does_with_the_rounded_weights(window):
+    # generate --dtype bf16 on a CPU: bf16 matrices, fp32 activations and cache. Its C blocks must give
+    # what the fp32 C blocks give for an fp32 model that holds the same (bf16-rounded) weights
+    cfg = ModelConfig(vocab_size=300, context=320, hidden=64, layers=2, heads=4, window=window)
+    torch.manual_seed(7)
+    model = GPTNeo(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    bf = copy.deepcopy(model).to(torch.bfloat16)
+    rounded = copy.deepcopy(bf).float()
+    wb, wr = fast.decode_weights(bf), fast.decode_weights(rounded)
+    assert wb.cache_dtype == torch.float32 and all(layer.block is not None and layer.block.bf16 for layer in wb.layers)
+    assert not any(layer.block.bf16 for layer in wr.layers)
+    ids = torch.randint(0, 300, (2, 48))
+    caches = [bf.new_cache(2, 320, dtype=torch.float32), rounded.new_cache(2, 320)]
+    with pytest.raises(ValueError, match="the cache is torch.bfloat16"):
+        fast.decode(bf, ids[:, :8], bf.new_cache(2, 320), 0, weights=wb)
+    with torch.inference_mode():
+        for s in range(0, 48, 8):  # 2 rows x 8 tokens: every block in C
+            a = fast.decode(bf, ids[:, s:s + 8], caches[0], s, weights=wb, last_only=False)
+            b = fast.decode(rounded, ids[:, s:s + 8], caches[1], s, weights=wr, last_only=False)
+            assert a.dtype == torch.float32 and (a - b).abs().max() < 1e-4
+        full = rounded(ids)  # the fp32 forward pass of the rounded weights agrees too
+        assert (a - full[:, -8:]).abs().max() < 1e-4
+        assert (caches[0].k[1][:, :, :48] - caches[1].k[1][:, :, :48]).abs().max() < 1e-5
+        # 96 rows at once (a prefill): the library's bf16 product, activations rounded to bf16 on the way in
+        many = fast.decode(bf, ids, bf.new_cache(2, 320, dtype=torch.float32), 0, weights=wb, last_only=False)
+        assert many.dtype == torch.float32 and (many - full).abs().max() < 0.05 * full.abs().max()
+
+
+def test_int8_drafts_of_a_bf16_model_give_exactly_its_greedy_output():
+    # generate --dtype bf16 drafts with an int8 copy too; the verifying passes keep the output exact
+    cfg = ModelConfig(vocab_size=300, context=256, hidden=64, layers=2, heads=4, window=64)
+    torch.manual_seed(8)
+    bf = GPTNeo(cfg).eval().to(torch.bfloat16)
+    tok = train_bpe([s for s in TRAIN_TXT.read_text(encoding="utf-8").split("<|endoftext|>") if s.strip()][:100], 300)
+    with torch.inference_mode():
+        plain = generate(bf, tok, ["Once upon a time"], max_new_tokens=40, temperature=0, lookup=0, draft="off")
+        drafted = generate(bf, tok, ["Once upon a time"], max_new_tokens=40, temperature=0, lookup=0, draft="on")
+    assert plain[0][0].tokens == drafted[0][0].tokens and len(plain[0][0].tokens) > 0
 
 
 def test_int8_drafts_give_exactly_the_greedy_output():

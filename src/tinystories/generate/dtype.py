@@ -1,8 +1,10 @@
 """generate --dtype auto: decode a few tokens in fp32 and in bf16, keep the faster.
 
 Why measure: single-prompt decoding reads every weight once per token, so bf16 weights halve the
-traffic, but on a CPU the fp32 path runs a whole block in one C call (kernels.decode_block) while
-bf16 weights go op by op through the library; which wins depends on the model's size and the CPU.
+traffic, and on a CPU both run a whole block in one C call (kernels.decode_block; bf16 weights are
+widened to fp32 in registers); but a long prompt's prefill goes through the library's bf16 matrix
+product, and a small model's weights sit in cache anyway, so which wins depends on the model's size
+and the CPU.
 The answer is cached per machine (CPU model and flags, torch version, threads) and model shape in
 ~/.cache/tinystories/generate_dtype.json. A GPU with bf16 takes it without measuring; a CPU
 without bf16 instructions takes fp32 without measuring.

@@ -6,6 +6,14 @@ function calls (`decode`), or one whole block per C call (`kernels.decode_block`
 are decoded. `decode_static` is the one-token step that a CUDA graph captures. An int8 copy of
 the weights (`decode_weights(model, int8=True)`) drafts tokens that `decode` then verifies.
 
+A bf16 model on a CPU (`generate --dtype bf16`) decodes with bf16 matrices and fp32 everything
+else: the activations, the KV cache (`DecodeWeights.cache_dtype`), the norms' weights and the
+biases. A step of a few rows (decoding) runs the C block and skinny products on the bf16 weights:
+they read half the bytes of fp32 weights, which is what such a step is bound by, and compute in
+fp32 what an fp32 model holding the bf16-rounded weights computes, up to the summation order. Many
+rows at once (a long prompt's prefill, a wide batch) go through the library's bf16 matrix product,
+with the activations rounded to bf16 on the way in.
+
 Only the paper's block has a flat path (learned positions, LayerNorm, GELU MLP, no block option);
 every other config decodes through `forward`. tests/test_generate.py and tests/test_kernels.py
 keep each path equal to `forward`.
@@ -23,7 +31,7 @@ from ..model.gpt_neo import GPTNeo, KVCache, Masks, attend, first_key, in_window
 
 
 class LayerWeights(NamedTuple):
-    """One GPT-Neo block's tensors for decoding (matrices may be `kernels.Int8Weight` copies)."""
+    """One GPT-Neo block's tensors for decoding (matrices fp32, bf16, or `kernels.Int8Weight` copies)."""
     ln1_w: torch.Tensor
     ln1_b: torch.Tensor
     qkv: torch.Tensor
@@ -52,6 +60,7 @@ class DecodeWeights(NamedTuple):
     lnf_b: torch.Tensor
     head: torch.Tensor
     layers: list[LayerWeights]
+    cache_dtype: torch.dtype    # the activations' and the KV cache's dtype (fp32 for a bf16 model on a CPU)
 
 
 def flat_supported(model: GPTNeo) -> bool:
@@ -65,16 +74,21 @@ def decode_weights(model: GPTNeo, int8: bool = False) -> DecodeWeights | None:
     approximate model that drafts tokens for `generate`."""
     if not flat_supported(model):
         return None
+    p = model.wte.weight
+    # a bf16 model on a CPU: bf16 matrices, fp32 vectors and activations (see the module's docstring)
+    mixed = p.device.type == "cpu" and p.dtype == torch.bfloat16 and kernels.attention_available()
+    act = torch.float32 if mixed else p.dtype
     mat = kernels.Int8Weight.quantize if int8 else (lambda w: w.detach())
+    vec = (lambda t: t.detach().to(act))
     layers = []
     for b in model.blocks:
         a = b.attn
-        w = (b.ln_1.weight.detach(), b.ln_1.bias.detach(), mat(a.qkv.weight), mat(a.out_proj.weight),
-             a.out_proj.bias.detach(), b.ln_2.weight.detach(), b.ln_2.bias.detach(), mat(b.mlp.c_fc.weight),
-             b.mlp.c_fc.bias.detach(), mat(b.mlp.c_proj.weight), b.mlp.c_proj.bias.detach())
+        w = (vec(b.ln_1.weight), vec(b.ln_1.bias), mat(a.qkv.weight), mat(a.out_proj.weight),
+             vec(a.out_proj.bias), vec(b.ln_2.weight), vec(b.ln_2.bias), mat(b.mlp.c_fc.weight),
+             vec(b.mlp.c_fc.bias), mat(b.mlp.c_proj.weight), vec(b.mlp.c_proj.bias))
         layers.append(LayerWeights(*w, a.heads, a.head_dim, a.window, a.scale, kernels.block_struct(*w)))
-    return DecodeWeights(model.wte.weight, model.wpe.weight, model.ln_f.weight, model.ln_f.bias,
-                         mat(model.lm_head.weight), layers)
+    return DecodeWeights(model.wte.weight, vec(model.wpe.weight), vec(model.ln_f.weight), vec(model.ln_f.bias),
+                         mat(model.lm_head.weight), layers, act)
 
 
 @torch.inference_mode()
@@ -87,13 +101,16 @@ def decode(model: GPTNeo, idx: torch.Tensor, cache: KVCache, start: int = 0, pad
     if weights is None or model.training:
         logits = model(idx, cache=cache, start=start, pad=pad, last_only=last_only)
         return logits[:, -1] if last_only else logits
+    if cache.k[0].dtype != weights.cache_dtype:  # the C block writes the cache as the activations' dtype
+        raise ValueError(f"decode: the cache is {cache.k[0].dtype} but these weights decode in "
+                         f"{weights.cache_dtype}; make it with model.new_cache(..., dtype=weights.cache_dtype)")
     B, T = idx.shape
     C, eps, mlp = model.config.hidden, model.config.layer_norm_eps, model.config.mlp_width
     if pad is None:
-        x = weights.wte[idx] + weights.wpe[start:start + T]
+        x = weights.wte[idx].to(weights.cache_dtype) + weights.wpe[start:start + T]
     else:
         pos = (torch.arange(start, start + T, device=idx.device)[None, :] - pad[:, None]).clamp(min=0)
-        x = weights.wte[idx] + weights.wpe[pos]
+        x = weights.wte[idx].to(weights.cache_dtype) + weights.wpe[pos]
     masks = Masks(start, T, idx.device, pad)
     fused = B * T <= kernels.SKINNY_MAX_ROWS and x.dtype == torch.float32
     for i, w in enumerate(weights.layers):
@@ -122,7 +139,8 @@ def decode_static(model: GPTNeo, idx: torch.Tensor, cache: KVCache, pos: torch.T
     """`decode` of one token per row (idx [B, 1]) at cache slot `pos`, a 0-d long tensor, with
     attention over every slot of the cache under a mask built from `pos`: no shape, address or
     Python value depends on the step, so that a CUDA graph can capture it once and replay it.
-    Logits [B, V]. GPT-Neo blocks only (`weights` = decode_weights(model))."""
+    Logits [B, V]. GPT-Neo blocks only (`weights` = decode_weights(model)), on CUDA only: the
+    activations are the weights' dtype (never the CPU's mixed bf16 weights)."""
     C, eps = model.config.hidden, model.config.layer_norm_eps
     B = idx.size(0)
     slots = torch.arange(cache.max_len, device=idx.device)

@@ -228,8 +228,9 @@ class _Rows:
         self.pad = torch.tensor([longest - len(s) for s in seqs], dtype=torch.long, device=dev)
         self._pad = self.pad if longest > min(map(len, seqs)) else None
         self.n = longest  # slots filled
-        self.cache = model.new_cache(len(seqs), self.cap)
         self.weights = fast.decode_weights(model)
+        # a bf16 model on a CPU decodes with fp32 activations, so its cache is fp32 too
+        self.cache = model.new_cache(len(seqs), self.cap, dtype=self.weights.cache_dtype if self.weights else None)
         self.decode = functools.partial(fast.decode, model)  # (idx, cache, start, pad, last_only, weights)
         self.graph = None  # _CudaGraphStep on CUDA, built at the first step (and again after a reorder)
 

@@ -98,6 +98,7 @@ def _load():
                 lib.attention_backward.argtypes = [P, P, P, P, P, I, I, I, I, I, Fl, I, I]
                 lib.skinny_linear.argtypes = [P, I, P, P, P, I, I, I, I, I]
                 lib.skinny_linear_i8.argtypes = [P, I, P, P, P, P, I, I, I, I, I]
+                lib.skinny_linear_bf16.argtypes = [P, I, P, P, P, I, I, I, I, I]
                 lib.decode_block.argtypes = [P, I, I, I, I, I, ctypes.POINTER(_Block), P, P, I, I, I, Fl, P, Fl, P, I]
                 lib.softmax_xent.argtypes = [P, P, P, I, I, Fl, P, I, I, I]
                 lib.decode_block_work.argtypes = [I, I, I, I, I]
@@ -248,7 +249,10 @@ def linear(x: torch.Tensor, weight, bias: torch.Tensor | None = None) -> torch.T
     """F.linear for inference. A few rows on a CPU (decoding) go through `skinny_linear`: it streams
     the weights once on every thread, at close to the memory bandwidth, and gives each row the
     same result whatever the number of rows (so that verifying drafts agrees with one-token steps).
-    `weight` may be an `Int8Weight` (drafts only: approximate)."""
+    `weight` may be an `Int8Weight` (drafts only: approximate), or bf16 with fp32 x (a bf16 model's
+    decoding, `generate --dtype bf16`): a few rows multiply fp32 x by the bf16 weights in C, with fp32
+    products and sums; more rows go through the library's bf16 GEMM (x rounded to bf16). The result
+    is fp32 either way."""
     rows = x.numel() // x.size(-1) if x.dim() else 0
     if isinstance(weight, Int8Weight):
         q, scale = weight
@@ -261,17 +265,28 @@ def linear(x: torch.Tensor, weight, bias: torch.Tensor | None = None) -> torch.T
                               bias.data_ptr() if bias is not None else None, y.data_ptr(), N, rows, K, N,
                               torch.get_num_threads())
         return y.view(*x.shape[:-1], N)
-    if (rows > SKINNY_MAX_ROWS or weight.numel() < SKINNY_MIN_WEIGHTS or x.device.type != "cpu"
-            or x.dtype != torch.float32 or weight.dtype != torch.float32 or not attention_available()):
+    mixed = weight.dtype == torch.bfloat16 and x.dtype == torch.float32
+    on_cpu = x.device.type == "cpu" and weight.device.type == "cpu" and (bias is None or bias.device.type == "cpu")
+    shapes_ok = weight.dim() == 2 and x.size(-1) == weight.size(1) and (bias is None or bias.shape == weight.shape[:1])
+    if mixed and (rows > SKINNY_MAX_ROWS or weight.size(0) < 4 or not on_cpu or not shapes_ok
+                  or not attention_available()):
+        return F.linear(x.to(weight.dtype), weight, None if bias is None else bias.to(weight.dtype)).float()
+    # a few rows with bf16 weights take the C product whatever the size (the library has no fp32 x
+    # bf16 product); with fp32 weights, only where it beats the library GEMM (a big enough matrix)
+    if not mixed and (rows > SKINNY_MAX_ROWS or weight.numel() < SKINNY_MIN_WEIGHTS or not on_cpu or not shapes_ok
+                      or x.dtype != torch.float32 or weight.dtype != torch.float32 or not attention_available()):
         return F.linear(x, weight, bias)
     x2 = x.reshape(rows, x.size(-1))
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
     weight = weight if weight.is_contiguous() else weight.contiguous()
+    if bias is not None and (bias.dtype != torch.float32 or not bias.is_contiguous()):
+        bias = bias.float().contiguous()
     N, K = weight.shape
     y = x.new_empty(rows, N)
-    _lib.skinny_linear(x2.data_ptr(), x2.stride(0), weight.data_ptr(), bias.data_ptr() if bias is not None else None,
-                       y.data_ptr(), N, rows, K, N, torch.get_num_threads())
+    run = _lib.skinny_linear_bf16 if mixed else _lib.skinny_linear
+    run(x2.data_ptr(), x2.stride(0), weight.data_ptr(), bias.data_ptr() if bias is not None else None,
+        y.data_ptr(), N, rows, K, N, torch.get_num_threads())
     return y.view(*x.shape[:-1], N)
 
 
@@ -281,20 +296,21 @@ BLOCK_MIN_PARALLEL = 1 << 18  # weights (elements) of a block below which decode
 
 
 class _Block(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_void_p) for name in (
+    _fields_ = [*[(name, ctypes.c_void_p) for name in (
         "ln1_w", "ln1_b", "ln2_w", "ln2_b", "w_qkv", "w_out", "w_fc", "w_proj",
-        "s_qkv", "s_out", "s_fc", "s_proj", "b_out", "b_fc", "b_proj")]
+        "s_qkv", "s_out", "s_fc", "s_proj", "b_out", "b_fc", "b_proj")], ("bf16", ctypes.c_int)]
 
 
 def block_struct(ln1_w, ln1_b, w_qkv, w_out, b_out, ln2_w, ln2_b, w_fc, b_fc, w_proj, b_proj) -> "_Block | None":
-    """The C view of one GPT-Neo block's weights (fp32 tensors or Int8Weight), for `decode_block`;
-    None when the kernels are unavailable or a tensor is not a contiguous CPU fp32 one. The
-    caller keeps the tensors alive (decode_weights' list holds them)."""
+    """The C view of one GPT-Neo block's weights, for `decode_block`: fp32 vectors, and matrices that
+    are all fp32, all bf16 or all `Int8Weight`. None when the kernels are unavailable or a tensor is
+    not a contiguous CPU one of those dtypes. The caller keeps the tensors alive (decode_weights'
+    list holds them)."""
     if not attention_available():
         return None
 
     def ptr(t):
-        ok = t.device.type == "cpu" and t.is_contiguous() and t.dtype in (torch.float32, torch.int8)
+        ok = t.device.type == "cpu" and t.is_contiguous() and t.dtype in (torch.float32, torch.int8, torch.bfloat16)
         return t.data_ptr() if ok else None
 
     mats = [w_qkv, w_out, w_fc, w_proj]
@@ -303,8 +319,12 @@ def block_struct(ln1_w, ln1_b, w_qkv, w_out, b_out, ln2_w, ln2_b, w_fc, b_fc, w_
                 w_qkv=ptr(mats[0][0] if q8 else mats[0]), w_out=ptr(mats[1][0] if q8 else mats[1]),
                 w_fc=ptr(mats[2][0] if q8 else mats[2]), w_proj=ptr(mats[3][0] if q8 else mats[3]),
                 b_out=ptr(b_out), b_fc=ptr(b_fc), b_proj=ptr(b_proj))
-    if any(v is None for v in ptrs.values()) or any(t.dtype != torch.float32 for t in (ln1_w, b_out, b_fc)):
+    # one kind of matrix per block: all Int8Weight, all fp32 or all bf16 (C reads them with one loop)
+    kinds = {"int8" if isinstance(m, Int8Weight) else m.dtype for m in mats}
+    if (any(v is None for v in ptrs.values()) or len(kinds) != 1 or kinds == {torch.int8}
+            or any(t.dtype != torch.float32 for t in (ln1_w, ln1_b, ln2_w, ln2_b, b_out, b_fc, b_proj))):
         return None
+    ptrs["bf16"] = int(kinds == {torch.bfloat16})
     if q8:
         ptrs.update(s_qkv=ptr(w_qkv.scale), s_out=ptr(w_out.scale), s_fc=ptr(w_fc.scale), s_proj=ptr(w_proj.scale))
     return _Block(**ptrs)

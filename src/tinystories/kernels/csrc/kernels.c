@@ -292,23 +292,37 @@ int attention_backward(const void *qkv, const void *y, const void *dy, const flo
    whatever M is (odd rows are computed as a duplicated pair), so verifying drafts in one pass
    gives exactly the logits of one-token passes. x: [M, K] rows ldx apart; y: [M, N] rows ldy apart. */
 
+/* a bf16 weight (its bits) as fp32: exact, a shift that vectorizes */
+static inline float bf16_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+#define AS_FLOAT(v) ((float)(v))
+#define BF16_FLOAT(v) bf16_f32(v)
+
 /* Two rows of x against four weight rows: eight dot products in one pass over k. WT is the
-   weight type: float, or int8_t for the quantized copy that drafts tokens (scaled per row later). */
-#define DOT_PAIR4(NAME, WT)                                                                                     \
+   weight type: float; int8_t for the quantized copy that drafts tokens (scaled per row later); or
+   uint16_t, the bits of bf16 weights (generate --dtype bf16: half the bytes to stream, and fp32
+   products and sums of the weights' exact values, as fp32 weights holding those values give up to
+   the summation order). CVT turns one weight into fp32. */
+#define DOT_PAIR4(NAME, WT, CVT)                                                                                \
     static inline void NAME(const float *restrict x0, const float *restrict x1, const WT *restrict w0,          \
                             const WT *restrict w1, const WT *restrict w2, const WT *restrict w3, int K,         \
                             float out[8]) {                                                                     \
         float a0 = 0, a1 = 0, a2 = 0, a3 = 0, b0 = 0, b1 = 0, b2 = 0, b3 = 0;                                  \
         for (int k = 0; k < K; k++) {                                                                           \
-            const float v0 = (float)w0[k], v1 = (float)w1[k], v2 = (float)w2[k], v3 = (float)w3[k];             \
+            const float v0 = CVT(w0[k]), v1 = CVT(w1[k]), v2 = CVT(w2[k]), v3 = CVT(w3[k]);                     \
             a0 += x0[k] * v0; a1 += x0[k] * v1; a2 += x0[k] * v2; a3 += x0[k] * v3;                             \
             b0 += x1[k] * v0; b1 += x1[k] * v1; b2 += x1[k] * v2; b3 += x1[k] * v3;                             \
         }                                                                                                       \
         out[0] = a0; out[1] = a1; out[2] = a2; out[3] = a3;                                                     \
         out[4] = b0; out[5] = b1; out[6] = b2; out[7] = b3;                                                     \
     }
-DOT_PAIR4(dot_pair4_f32, float)
-DOT_PAIR4(dot_pair4_i8, int8_t)
+DOT_PAIR4(dot_pair4_f32, float, AS_FLOAT)
+DOT_PAIR4(dot_pair4_i8, int8_t, AS_FLOAT)
+DOT_PAIR4(dot_pair4_bf16, uint16_t, BF16_FLOAT)
 
 /* Output rows [n0, n1) (n1 - n0 >= 4) of y = x W^T * scale + bias; scale may be NULL (= 1). */
 #define SKINNY_RANGE(NAME, WT, DOT)                                                                             \
@@ -332,6 +346,7 @@ DOT_PAIR4(dot_pair4_i8, int8_t)
     }
 SKINNY_RANGE(skinny_range_f32, float, dot_pair4_f32)
 SKINNY_RANGE(skinny_range_i8, int8_t, dot_pair4_i8)
+SKINNY_RANGE(skinny_range_bf16, uint16_t, dot_pair4_bf16)
 
 /* Whole blocks of 4 rows per thread; the N % 4 last rows go with the last thread's blocks. */
 #ifdef _OPENMP
@@ -367,6 +382,12 @@ int skinny_linear_i8(const float *x, int ldx, const int8_t *Wq, const float *sca
     SKINNY_RUN(skinny_range_i8, Wq, scale)
 }
 
+/* y = x W^T + bias with bf16 weights (their bits) and fp32 x, y, bias. */
+int skinny_linear_bf16(const float *x, int ldx, const uint16_t *W, const float *bias, float *y, int ldy, int M, int K,
+                       int N, int threads) {
+    SKINNY_RUN(skinny_range_bf16, W, (const float *)0)
+}
+
 /* ------------------------------------------------------------------ one GPT-Neo block for decoding
 
    The whole block for a few rows (one token per sequence, or a token and its drafts) in one
@@ -380,6 +401,7 @@ typedef struct {
     const void *w_qkv, *w_out, *w_fc, *w_proj;          /* [3C, C], [C, C], [F, C], [C, F] */
     const float *s_qkv, *s_out, *s_fc, *s_proj;         /* int8 row scales, or NULL for fp32 weights */
     const float *b_out, *b_fc, *b_proj;
+    int bf16;                                           /* the four matrices are bf16 (no scales) */
 } Block;
 
 static void layer_norm_rows(const float *x, float *y, int M, int C, const float *w, const float *b, float eps) {
@@ -405,11 +427,12 @@ static inline float gelu_tanh(float x) {
 
 /* this thread's share of y = x W^T (* scale) (+ bias): rows in blocks of 4, as skinny_linear splits them */
 static void linear_part(const float *x, int M, int K, const void *W, const float *scale, const float *bias, float *y,
-                        int N, int t, int nt) {
+                        int N, int t, int nt, int bf16) {
     const int blocks = N / 4, n = nt < blocks ? nt : (blocks > 0 ? blocks : 1);
     if (t >= n) return;
     const int n0 = 4 * (blocks * t / n), n1 = t == n - 1 ? N : 4 * (blocks * (t + 1) / n);
-    if (scale) skinny_range_i8(x, K, (const int8_t *)W, scale, bias, y, N, M, K, n0, n1);
+    if (bf16) skinny_range_bf16(x, K, (const uint16_t *)W, NULL, bias, y, N, M, K, n0, n1);
+    else if (scale) skinny_range_i8(x, K, (const int8_t *)W, scale, bias, y, N, M, K, n0, n1);
     else skinny_range_f32(x, K, (const float *)W, NULL, bias, y, N, M, K, n0, n1);
 }
 
@@ -436,7 +459,7 @@ int decode_block(float *x, int B, int T, int C, int H, int F, const Block *blk, 
 #ifdef _OPENMP
 #pragma omp barrier
 #endif
-        linear_part(h, M, C, blk->w_qkv, blk->s_qkv, NULL, qkv, 3 * C, t, nt);
+        linear_part(h, M, C, blk->w_qkv, blk->s_qkv, NULL, qkv, 3 * C, t, nt, blk->bf16);
 #ifdef _OPENMP
 #pragma omp barrier
 #pragma omp for schedule(static)
@@ -478,7 +501,7 @@ int decode_block(float *x, int B, int T, int C, int H, int F, const Block *blk, 
             }
         }
         /* the implicit barrier of `omp for` orders each stage after the previous one */
-        linear_part(att, M, C, blk->w_out, blk->s_out, blk->b_out, h, C, t, nt);
+        linear_part(att, M, C, blk->w_out, blk->s_out, blk->b_out, h, C, t, nt, blk->bf16);
 #ifdef _OPENMP
 #pragma omp barrier
 #endif
@@ -489,13 +512,13 @@ int decode_block(float *x, int B, int T, int C, int H, int F, const Block *blk, 
 #ifdef _OPENMP
 #pragma omp barrier
 #endif
-        linear_part(h, M, C, blk->w_fc, blk->s_fc, blk->b_fc, f, F, t, nt);
+        linear_part(h, M, C, blk->w_fc, blk->s_fc, blk->b_fc, f, F, t, nt, blk->bf16);
 #ifdef _OPENMP
 #pragma omp barrier
 #pragma omp for schedule(static)
 #endif
         for (size_t k = 0; k < (size_t)M * F; k++) f[k] = gelu_tanh(f[k]);
-        linear_part(f, M, F, blk->w_proj, blk->s_proj, blk->b_proj, h, C, t, nt);
+        linear_part(f, M, F, blk->w_proj, blk->s_proj, blk->b_proj, h, C, t, nt, blk->bf16);
 #ifdef _OPENMP
 #pragma omp barrier
 #endif
