@@ -198,14 +198,20 @@ def test_skinny_linear_matches_and_does_not_depend_on_the_rows():
     assert torch.allclose(kernels.linear(x, q, b), F.linear(x, deq, b), atol=1e-3)
 
 
-@pytest.mark.parametrize("window", [256, 16])
-def test_fused_decode_block_equals_per_op_decode(window):
+def _decode_model(window: int, seed: int) -> GPTNeo:
+    """A small paper-block model in eval mode, its weights moved off their initial values."""
     cfg = ModelConfig(vocab_size=300, context=320, hidden=64, layers=2, heads=4, window=window)
-    torch.manual_seed(4)
+    torch.manual_seed(seed)
     model = GPTNeo(cfg).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
+    return model
+
+
+@pytest.mark.parametrize("window", [256, 16])
+def test_fused_decode_block_equals_per_op_decode(window):
+    model = _decode_model(window, seed=4)
     fused = fast.decode_weights(model)
     assert all(layer.block is not None for layer in fused.layers)
     plain = fused._replace(layers=[layer._replace(block=None) for layer in fused.layers])
@@ -243,12 +249,7 @@ def test_skinny_linear_with_bf16_weights_multiplies_in_fp32():
 def test_bf16_decode_computes_what_fp32_does_with_the_rounded_weights(window):
     # generate --dtype bf16 on a CPU: bf16 matrices, fp32 activations and cache. Its C blocks must give
     # what the fp32 C blocks give for an fp32 model that holds the same (bf16-rounded) weights
-    cfg = ModelConfig(vocab_size=300, context=320, hidden=64, layers=2, heads=4, window=window)
-    torch.manual_seed(7)
-    model = GPTNeo(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+    model = _decode_model(window, seed=7)
     bf = copy.deepcopy(model).to(torch.bfloat16)
     rounded = copy.deepcopy(bf).float()
     wb, wr = fast.decode_weights(bf), fast.decode_weights(rounded)
