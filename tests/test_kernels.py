@@ -272,12 +272,17 @@ def test_bf16_decode_computes_what_fp32_does_with_the_rounded_weights(window):
         assert many.dtype == torch.float32 and (many - full).abs().max() < 0.05 * full.abs().max()
 
 
+def _stories(n: int) -> list[str]:
+    """The first n stories of the shared training file, as the split text (not stripped)."""
+    return [s for s in TRAIN_TXT.read_text(encoding="utf-8").split("<|endoftext|>") if s.strip()][:n]
+
+
 def test_int8_drafts_of_a_bf16_model_give_exactly_its_greedy_output():
     # generate --dtype bf16 drafts with an int8 copy too; the verifying passes keep the output exact
     cfg = ModelConfig(vocab_size=300, context=256, hidden=64, layers=2, heads=4, window=64)
     torch.manual_seed(8)
     bf = GPTNeo(cfg).eval().to(torch.bfloat16)
-    tok = train_bpe([s for s in TRAIN_TXT.read_text(encoding="utf-8").split("<|endoftext|>") if s.strip()][:100], 300)
+    tok = train_bpe(_stories(100), 300)
     with torch.inference_mode():
         plain = generate(bf, tok, ["Once upon a time"], max_new_tokens=40, temperature=0, lookup=0, draft="off")
         drafted = generate(bf, tok, ["Once upon a time"], max_new_tokens=40, temperature=0, lookup=0, draft="on")
@@ -285,7 +290,7 @@ def test_int8_drafts_of_a_bf16_model_give_exactly_its_greedy_output():
 
 
 def test_int8_drafts_give_exactly_the_greedy_output():
-    stories = [s for s in TRAIN_TXT.read_text(encoding="utf-8").split("<|endoftext|>") if s.strip()][:300]
+    stories = _stories(300)
     tok = train_bpe(stories, 400)
     data = torch.tensor([i for ids in tok.encode_batch(stories) for i in ids + [tok.eot_id]])
     cfg = ModelConfig(vocab_size=400, context=256, hidden=64, layers=2, heads=4, window=64)

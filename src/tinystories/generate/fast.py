@@ -106,11 +106,12 @@ def decode(model: GPTNeo, idx: torch.Tensor, cache: KVCache, start: int = 0, pad
                          f"{weights.cache_dtype}; make it with model.new_cache(..., dtype=weights.cache_dtype)")
     B, T = idx.shape
     C, eps, mlp = model.config.hidden, model.config.layer_norm_eps, model.config.mlp_width
+    tokens = weights.wte[idx].to(weights.cache_dtype)
     if pad is None:
-        x = weights.wte[idx].to(weights.cache_dtype) + weights.wpe[start:start + T]
+        x = tokens + weights.wpe[start:start + T]
     else:
         pos = (torch.arange(start, start + T, device=idx.device)[None, :] - pad[:, None]).clamp(min=0)
-        x = weights.wte[idx].to(weights.cache_dtype) + weights.wpe[pos]
+        x = tokens + weights.wpe[pos]
     masks = Masks(start, T, idx.device, pad)
     fused = B * T <= kernels.SKINNY_MAX_ROWS and x.dtype == torch.float32
     for i, w in enumerate(weights.layers):

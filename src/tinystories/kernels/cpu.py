@@ -266,15 +266,16 @@ def linear(x: torch.Tensor, weight, bias: torch.Tensor | None = None) -> torch.T
                               torch.get_num_threads())
         return y.view(*x.shape[:-1], N)
     mixed = weight.dtype == torch.bfloat16 and x.dtype == torch.float32
-    on_cpu = x.device.type == "cpu" and weight.device.type == "cpu" and (bias is None or bias.device.type == "cpu")
-    shapes_ok = weight.dim() == 2 and x.size(-1) == weight.size(1) and (bias is None or bias.shape == weight.shape[:1])
-    if mixed and (rows > SKINNY_MAX_ROWS or weight.size(0) < 4 or not on_cpu or not shapes_ok
-                  or not attention_available()):
+    # what C needs either way: a few rows, CPU tensors, matching shapes, at least 4 output rows
+    c_ok = (rows <= SKINNY_MAX_ROWS and x.device.type == "cpu" and weight.device.type == "cpu"
+            and (bias is None or (bias.device.type == "cpu" and bias.shape == weight.shape[:1]))
+            and weight.dim() == 2 and x.size(-1) == weight.size(1) and weight.size(0) >= 4 and attention_available())
+    if mixed and not c_ok:
         return F.linear(x.to(weight.dtype), weight, None if bias is None else bias.to(weight.dtype)).float()
     # a few rows with bf16 weights take the C product whatever the size (the library has no fp32 x
     # bf16 product); with fp32 weights, only where it beats the library GEMM (a big enough matrix)
-    if not mixed and (rows > SKINNY_MAX_ROWS or weight.numel() < SKINNY_MIN_WEIGHTS or not on_cpu or not shapes_ok
-                      or x.dtype != torch.float32 or weight.dtype != torch.float32 or not attention_available()):
+    if not mixed and not (c_ok and x.dtype == torch.float32 and weight.dtype == torch.float32
+                          and weight.numel() >= SKINNY_MIN_WEIGHTS):
         return F.linear(x, weight, bias)
     x2 = x.reshape(rows, x.size(-1))
     if x2.stride(-1) != 1:
