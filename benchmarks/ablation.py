@@ -50,9 +50,14 @@ CHANGES: dict[str, list[str]] = {
 }
 
 
-def variants(stack: list[str]) -> dict[str, list[str]]:
+def variants(stack: list[str], only: list[str] = ()) -> dict[str, list[str]]:
+    """baseline, each change, the stack; and, where `only` names one, `stacked-X`: the stack without X
+    (leave-one-out, which says what X adds to the others rather than what it does alone)."""
     out = {"baseline": [], **CHANGES}
     out["stacked"] = [s for name in stack for s in CHANGES[name]]
+    for name in only:
+        if name.startswith("stacked-") and name[len("stacked-"):] in stack:
+            out[name] = [s for x in stack if x != name[len("stacked-"):] for s in CHANGES[x]]
     return out
 
 
@@ -144,6 +149,8 @@ def table(rows: list[dict], names: list[str], budget_s: float, smoke: bool, stac
         # the stack a run recorded (older runs: the one given now)
         used = next((r["stack"] for r in runs(name) if r.get("stack")), stack)
         label = f"stacked ({' + '.join(used)})" if name == "stacked" and used else name
+        if name.startswith("stacked-") and used:
+            label = f"stacked without {name[len('stacked-'):]} ({' + '.join(x for x in used if x != name[len('stacked-'):])})"
         delta, verdict = "", ""
         if base is not None and name != "baseline":
             d = mean - base[0]
@@ -173,10 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     budget_s = parse_duration("15s" if args.smoke and args.budget == "10m" else args.budget, option="--budget")
     stack = [s for s in args.stack.split(",") if s]
     only = [o for o in args.only.split(",") if o]
-    unknown = [s for s in stack + only if s not in CHANGES and s not in ("baseline", "stacked")]
+    unknown = [s for s in stack + only if s not in CHANGES and s not in ("baseline", "stacked")
+               and not (s.startswith("stacked-") and s[len("stacked-"):] in stack)]
     if unknown:
-        ap.error(f"unknown change(s) {', '.join(unknown)}; known: {', '.join(CHANGES)}")
-    all_variants = variants(stack)
+        ap.error(f"unknown change(s) {', '.join(unknown)}; known: {', '.join(CHANGES)}, baseline, stacked, "
+                 f"and stacked-X for X in --stack")
+    all_variants = variants(stack, only)
     names = [n for n in all_variants if not only or n in only]
     results = Path(args.results)
     if not args.report:
@@ -190,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             work = Path(args.work or tmp)
             for name, seed in todo:
                 rec = run_one(Path(args.data), name, all_variants[name], seed, budget_s, args.smoke, work)
-                if name == "stacked":
+                if name.startswith("stacked"):
                     rec["stack"] = stack
                 append_result(results, rec)
                 bpb = f"{rec['bpb']:.4f} bpb" if rec.get("bpb") is not None else "diverged"
