@@ -1,7 +1,19 @@
-"""The budget sweep: which recipe trains the best story model in 2, 5, 10 and 30 minutes on this machine.
+"""The budget sweep: which recipe trains the best story model in 5, 10, 30 and 60 minutes on this machine.
 
     python benchmarks/budget_sweep.py --work /scratch/sweep          # run (or resume) the whole sweep
     python benchmarks/budget_sweep.py --report                       # redraw plot + tables from the results
+    python benchmarks/budget_sweep.py --dry-run                      # the next stage's runs, without training
+
+Two sweeps, one per recipe (`--recipe`):
+- `muon` (the default, issue 17): the recipe the 10-minute ablation kept (Muon + WSD cooldown + zero-
+  initialised output projections, on rope + RMSNorm + SwiGLU) at 5, 10, 30 and 60 minutes, with the
+  vocabulary (BPE 4096 or 8192) among the choices, every model scored on all of the validation file.
+  Results: benchmarks/results/budget_sweep_muon.jsonl. Each budget gets a row per vocabulary (the data's
+  vocabulary is fixed by `prepare`, so the picker needs both); those rows replace the table's rows at the
+  same budget and vocabulary, and the table's other rows stay. See `muon_stages`.
+- `adamw`: the first sweep (AdamW on a cosine, GPT-Neo's block against the modern one, at 2, 5, 10 and
+  30 minutes, BPE 8192, the first 262,144 validation tokens). Results: benchmarks/results/budget_sweep.jsonl.
+  What follows describes it.
 
 It prepares the shared training files (the two .txt heads and the .json; TinyStories-subset-valid.txt as
 validation) once per vocabulary into WORK, then trains recipes with `tinystories.train.train`, each for
@@ -68,14 +80,20 @@ SHAPES = [
     (384, 2, 64), (384, 4, 64),
     (512, 2, 64), (512, 4, 64),
 ]
+# the muon sweep's grid: widths 96-256 at 4 and 6 layers, heads of 32 (what won every budget so far)
+MUON_SHAPES = [(96, 4, 32), (128, 4, 32), (128, 6, 32), (192, 4, 32), (192, 6, 32), (256, 4, 32), (256, 6, 32)]
+VOCABS = (4096, 8192)                 # the muon sweep's vocabularies (prepare's default and the old one)
 LR_REFINE = 3                         # shapes re-run at half and twice their rate at the first budget
 SEEDS = (1, 2)                        # extra seeds of the first budget's leader
 MODERN = {"position": "rope", "norm": "rmsnorm", "mlp": "swiglu"}
+# the recipe issue 17's ablation kept, as Spec fields
+MUON = {"block": "modern", "optimizer": "muon", "lr_schedule": "wsd", "zero_init": True}
 
 
-def lr_prior(hidden: int) -> float:
-    """The first rung's learning rate: 4e-3 at width 128, falling as 1/sqrt(width)."""
-    return round(4e-3 * math.sqrt(128 / hidden), 5)
+def lr_prior(hidden: int, optimizer: str = "adamw") -> float:
+    """The first rung's learning rate, falling as 1/sqrt(width): 4e-3 at width 128 for AdamW (the first
+    sweep then refined it to 2e-3), 2e-3 for Muon (the rate every Muon row of the table ran at)."""
+    return round((2e-3 if optimizer == "muon" else 4e-3) * math.sqrt(128 / hidden), 5)
 
 
 @dataclass(frozen=True)
@@ -92,6 +110,9 @@ class Spec:
     seed: int = 1337
     warmup_frac: float = 0.05
     weight_decay: float = 0.1
+    optimizer: str = "adamw"
+    lr_schedule: str = "cosine"
+    zero_init: bool = False
 
     @property
     def heads(self) -> int:
@@ -102,6 +123,8 @@ class Spec:
              "dropout": self.dropout}
         if self.block == "modern":
             m.update(MODERN)
+        if self.zero_init:
+            m["zero_init"] = True
         return m
 
     def model_config(self, vocab: int | None = None) -> ModelConfig:
@@ -114,8 +137,12 @@ class Spec:
         return f"{self.hidden}x{self.layers}/hs{self.head_size}"
 
     def key(self, budget_s: float) -> str:
-        return (f"t{int(budget_s)}-v{self.vocab}-h{self.hidden}-l{self.layers}-hs{self.head_size}-lr{self.lr:g}"
-                f"-b{self.batch_size}-c{self.context}-d{self.dropout:g}-{self.block}-s{self.seed}")
+        key = (f"t{int(budget_s)}-v{self.vocab}-h{self.hidden}-l{self.layers}-hs{self.head_size}-lr{self.lr:g}"
+               f"-b{self.batch_size}-c{self.context}-d{self.dropout:g}-{self.block}-s{self.seed}")
+        if (self.optimizer, self.lr_schedule, self.zero_init) != ("adamw", "cosine", False):
+            # the first sweep's keys stay as they were, so its results still resume
+            key += f"-{self.optimizer}-{self.lr_schedule}" + ("-z" if self.zero_init else "")
+        return key
 
     def with_(self, **kw) -> "Spec":
         return dataclasses.replace(self, **kw)
@@ -169,7 +196,31 @@ class Results:
         return [spec_of(r) for r in ranked[:n]]
 
 
+    def best_specs(self, budget_s: float, n: int, **where) -> list[Spec]:
+        """The n best (shape, vocabulary) pairs at a budget among runs matching `where` (seed 1337), each
+        with its best run's spec."""
+        best: dict[tuple, dict] = {}
+        for r in self.runs(budget_s, seed=1337, **where):
+            s = spec_of(r)
+            if (s.shape(), s.vocab) not in best or r["bpb"] < best[(s.shape(), s.vocab)]["bpb"]:
+                best[(s.shape(), s.vocab)] = r
+        return [spec_of(r) for r in sorted(best.values(), key=lambda r: r["bpb"])[:n]]
+
+
 # ===================================================================== the plan
+
+def bigger_shape(ranked: list[Spec], prior=lr_prior) -> Spec | None:
+    """The best shape bigger than the leader (bigger models gain most from more time), at its best rate;
+    a rate never refined is the prior corrected as the leader's refinement corrected the leader's."""
+    size = lambda s: s.hidden ** 2 * s.layers  # noqa: E731 (non-embedding weights, up to a constant)
+    bigger = [s for s in ranked[1:] if size(s) > size(ranked[0])]
+    if not bigger:
+        return None
+    big, lead = bigger[0], ranked[0]
+    if big.lr == prior(big.hidden, big.optimizer):
+        big = big.with_(lr=round(prior(big.hidden, big.optimizer) * lead.lr / prior(lead.hidden, lead.optimizer), 6))
+    return big
+
 
 def stages(res: Results, budgets: list[float], keep: list[int], shapes=SHAPES, lean: bool = False):
     """(name, [(spec, budget)]) in order; each stage is computed from the results of those before it,
@@ -189,15 +240,9 @@ def stages(res: Results, budgets: list[float], keep: list[int], shapes=SHAPES, l
         ranked = res.best_shapes(prev, len(SHAPES))
         chosen = ranked[:k]
         if ranked:
-            size = lambda s: s.hidden ** 2 * s.layers  # noqa: E731 (non-embedding weights, up to a constant)
-            bigger = [s for s in ranked[1:] if size(s) > size(ranked[0])]
-            if bigger:
-                big = bigger[0]
-                if big.lr == lr_prior(big.hidden):
-                    # its rate was never refined: the prior, corrected as the leader's refinement corrected it
-                    big = big.with_(lr=round(lr_prior(big.hidden) * ranked[0].lr / lr_prior(ranked[0].hidden), 6))
-                if big not in chosen:
-                    chosen.append(big)
+            big = bigger_shape(ranked)
+            if big is not None and big not in chosen:
+                chosen.append(big)
             if k >= 3:
                 chosen.append(ranked[0].with_(lr=round(ranked[0].lr * 0.5, 6)))
         yield f"rung {format_duration(b)}", [(s, b) for s in chosen]
@@ -216,6 +261,40 @@ def stages(res: Results, budgets: list[float], keep: list[int], shapes=SHAPES, l
             yield "vocabularies at 10m", [(s.with_(vocab=4096), b), (s.with_(vocab=2048), b)]
         if b == budgets[-1]:
             yield f"dropout at {format_duration(b)}", [(s.with_(dropout=0.1), b)]
+
+
+def muon_stages(res: Results, budgets: list[float], keep: list[int], shapes=MUON_SHAPES, vocabs=VOCABS):
+    """The muon sweep's stages, (name, [(spec, budget)]) in order, each computed from the results before it:
+      1. every shape at every vocabulary at the first budget, at the width's prior rate;
+      2. the best two (shape, vocabulary) pairs again at half and twice their rate, and the leader with a
+         second seed (the run-to-run spread);
+      3. at each larger budget: the best `keep` pairs of the budget before, the best of each vocabulary
+         (so that every budget has a row per vocabulary), and the best shape bigger than the leader at
+         its vocabulary;
+      4. at the last budget, its leader with residual dropout 0.1 (the data runs out: 1.5M tokens are
+         seen 10-20 times in an hour, and the first hour-long tries memorised them)."""
+    where = {"optimizer": "muon"}
+    b0 = budgets[0]
+    yield "shapes and vocabularies", [(Spec(h, L, hs, lr_prior(h, "muon"), vocab=v, **MUON), b0)
+                                      for h, L, hs in shapes for v in vocabs]
+    top = res.best_specs(b0, 2, **where)
+    yield "learning rates", [(s.with_(lr=round(s.lr * m, 6)), b0) for s in top for m in (0.5, 2.0)]
+    lead = res.best_specs(b0, 1, **where)
+    yield "seeds", [(lead[0].with_(seed=SEEDS[0]), b0)] if lead else []
+    for i, b in enumerate(budgets[1:], 1):
+        ranked = res.best_specs(budgets[i - 1], len(shapes) * len(vocabs) * 3, **where)
+        chosen = ranked[:keep[min(i - 1, len(keep) - 1)]]
+        for v in vocabs:
+            best_v = next((s for s in ranked if s.vocab == v), None)
+            if best_v is not None and best_v not in chosen:
+                chosen.append(best_v)
+        # the best shape bigger than the leader at the leader's vocabulary
+        big = bigger_shape([s for s in ranked if s.vocab == ranked[0].vocab]) if ranked else None
+        if big is not None and big not in chosen:
+            chosen.append(big)
+        yield f"rung {format_duration(b)}", [(s, b) for s in chosen]
+    lead = res.best_specs(budgets[-1], 1, **where)
+    yield f"dropout at {format_duration(budgets[-1])}", [(lead[0].with_(dropout=0.1), budgets[-1])] if lead else []
 
 
 # ===================================================================== running
@@ -274,6 +353,7 @@ def run_one(res: Results, spec: Spec, budget_s: float, work: Path, eval_tokens: 
     steps = tps * budget_s / (spec.batch_size * spec.context)
     cfg = TrainConfig(data=str(data), out=str(work / "runs" / key), preset="1M", model=spec.model(),
                       batch_size=spec.batch_size, context=spec.context, lr=spec.lr, seed=spec.seed,
+                      optimizer=spec.optimizer, lr_schedule=spec.lr_schedule,
                       warmup_steps=max(1, round(spec.warmup_frac * steps)), weight_decay=spec.weight_decay,
                       max_time=budget_s, eval_every=0, checkpoint_every=0, keep_checkpoints=1,
                       final_eval_tokens=eval_tokens, samples=0)
@@ -527,10 +607,152 @@ def plot(res: Results, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def report(res: Results, table_path: Path) -> None:
-    """The table the picker reads, and beside the results file: budget_table.md and budget_sweep.png."""
+# ===================================================================== the muon sweep's report
+
+def best_muon(res: Results) -> dict[tuple[float, int], dict]:
+    """The best muon run at each (budget, vocabulary), in budget order."""
+    out: dict[tuple[float, int], dict] = {}
+    for r in res.runs(optimizer="muon"):
+        k = (r["budget_s"], r["vocab"])
+        if k not in out or r["bpb"] < out[k]["bpb"]:
+            out[k] = r
+    return dict(sorted(out.items()))
+
+
+def write_muon_rows(res: Results, path: Path) -> Table:
+    """Each budget's best muon run at each vocabulary, written into the budget table at `path` as the row
+    for that budget and vocabulary (the table's rows at other budgets or vocabularies stay)."""
+    old = Table.load(path) if path.is_file() else None
+    vocab = old.vocab_size if old else DEFAULT_VOCAB
+    rows, notes = [], []
+    for (b, v), r in best_muon(res).items():
+        spec = spec_of(r)
+        row = Row(**MODERN, budget_s=b, compute=r["flops"], hidden=spec.hidden, layers=spec.layers,
+                  heads=spec.heads, context=spec.context, batch_size=spec.batch_size, lr=spec.lr,
+                  warmup_frac=round(r["warmup_steps"] / max(1, r["steps"]), 4), weight_decay=spec.weight_decay,
+                  dropout=spec.dropout, bpb=round(r["bpb"], 4), tokens=r["tokens"], tokens_per_s=r["tokens_per_s"],
+                  tried=len({x["key"] for x in res.runs(b, optimizer="muon", vocab=v)}),
+                  efficiency=round(r["tokens_per_s"] * r["flops_per_token"] / r["probe_flops_per_s"], 4),
+                  optimizer=spec.optimizer, lr_schedule=spec.lr_schedule,
+                  block={"zero_init": True} if spec.zero_init else {}, vocab_size=None if v == vocab else v)
+        rows.append(row)
+        # named as benchmarks/budget_check.py names its rows, so that either replaces the other's note
+        name = f"the {b / 60:g}-minute row" + (f" at vocabulary {v}" if v != vocab else "")
+        notes.append((name, f"{name}: the best of {row.tried} runs of benchmarks/budget_sweep.py --recipe muon "
+                            f"({r['time'][:10]}), bpb on all of {VALID_FILE}"))
+    new = {(row.budget_s, row.vocab_size or vocab) for row in rows}
+    if old is None:
+        table = Table(vocab_size=vocab, probe_flops_per_s=probe_flops(res), machine=res.probes()[0]["machine"],
+                      rows=rows, metric=f"bits per byte on all of {VALID_FILE}", notes=[])
+    else:
+        table = old
+        table.rows = [r for r in old.rows if (r.budget_s, old.row_vocab(r)) not in new] + rows
+        table.__post_init__()  # sorted by compute again
+    table.notes = [n for n in table.notes if not any(n.startswith(name + ":") for name, _ in notes)] + \
+        [n for _, n in notes]
+    atomic_write_json(path, table.to_dict())
+    return table
+
+
+def write_muon_markdown(res: Results, path: Path) -> None:
+    probes = res.probes()
+    lines = [f"Machine: {probes[0]['machine'] if probes else '?'}. Recipe: Muon + WSD (cooldown 0.2) + zero-initialised "
+             "output projections, rope + RMSNorm + SwiGLU, batch 8 x 256.",
+             f"Metric: bits per byte on all of {VALID_FILE}. Training data: the three shared training files.", "",
+             "| budget | vocabulary | recipes run | best shape | params | lr | dropout | tokens | epochs | bits/byte |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for (b, v), r in best_muon(res).items():
+        s = spec_of(r)
+        tried = len({x["key"] for x in res.runs(b, optimizer="muon", vocab=v)})
+        lines.append(f"| {format_duration(b)} | {v} | {tried} | {s.hidden} x {s.layers}, {s.heads} heads of "
+                     f"{s.head_size} | {r['params'] / 1e6:.2f}M | {s.lr:g} | {s.dropout:g} | {r['tokens'] / 1e6:.2f}M | "
+                     f"{r.get('epochs', 0):.1f} | {r['bpb']:.3f} |")
+    seeds = [r for r in res.runs(optimizer="muon") if r["seed"] != 1337]
+    for r in seeds:
+        twin = [x for x in res.runs(r["budget_s"], optimizer="muon")
+                if spec_of(x).with_(seed=r["seed"]) == spec_of(r)]
+        if twin:
+            lines += ["", f"Run-to-run spread ({spec_of(r).label()} at vocabulary {r['vocab']}, "
+                          f"{format_duration(r['budget_s'])}, two seeds): {abs(twin[0]['bpb'] - r['bpb']):.3f} bits per byte."]
+    lines += ["", f"All {len(res.runs(optimizer='muon'))} runs: {res.path.name}."]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def plot_muon(res: Results, path: Path) -> None:
+    """Figure 6 for the muon sweep: every run's bits per byte against the FLOPs it trained with (colour:
+    budget; marker: vocabulary), each vocabulary's best per budget joined; beside it, best against minutes."""
+    import io
+
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from tinystories.runtime.files import atomic_write_bytes
+
+    fig = Figure(figsize=(13, 5.2), dpi=110)
+    FigureCanvasAgg(fig)
+    ax, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    runs = res.runs(optimizer="muon")
+    budgets = sorted({r["budget_s"] for r in runs})
+    cmap = matplotlib.colormaps["viridis"]
+    markers = dict(zip(VOCABS, ("^", "o")))
+    for i, b in enumerate(budgets):
+        for v in VOCABS:
+            rs = [r for r in runs if r["budget_s"] == b and r["vocab"] == v]
+            if rs:
+                ax.scatter([r["flops"] for r in rs], [r["bpb"] for r in rs], s=18, alpha=0.5,
+                           marker=markers.get(v, "s"), color=cmap(i / max(1, len(budgets) - 1)),
+                           label=f"{format_duration(b)}, BPE {v}")
+    best = best_muon(res)
+    for v in VOCABS:
+        pts = [(b, r) for (b, vv), r in best.items() if vv == v]
+        if not pts:
+            continue
+        ax.plot([r["flops"] for _, r in pts], [r["bpb"] for _, r in pts], "-", marker=markers.get(v, "s"),
+                color="k" if v == DEFAULT_VOCAB else "tab:red", lw=1.4, label=f"best at each budget, BPE {v}")
+        for _, r in pts:
+            ax.annotate(spec_of(r).label(), (r["flops"], r["bpb"]), textcoords="offset points", xytext=(5, 5),
+                        fontsize=7)
+        ax2.plot([b / 60 for b, _ in pts], [r["bpb"] for _, r in pts], "-", marker=markers.get(v, "s"),
+                 label=f"BPE {v}")
+        for b, r in pts:
+            ax2.annotate(f"{r['bpb']:.3f}", (b / 60, r["bpb"]), textcoords="offset points", xytext=(-12, -14),
+                         fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("training FLOPs (6 x weights + attention, per token, x tokens)")
+    ax.set_ylabel(f"bits per byte on all of {VALID_FILE}")
+    ax.set_title("every run, and the best shape at each budget", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    ax2.set_xscale("log")
+    ax2.set_xticks([b / 60 for b in budgets], [format_duration(b) for b in budgets])
+    ax2.minorticks_off()
+    ax2.set_xlabel("training time on this machine")
+    ax2.set_ylabel("bits per byte")
+    probes = res.probes()
+    ax2.set_title(probes[0]["machine"] if probes else "", fontsize=8)
+    ax2.grid(alpha=0.3)
+    ax2.legend(fontsize=8)
+    fig.suptitle("What to train in the time you have: Muon + WSD + zero-init (TinyStories, the three shared "
+                 "training files)", fontsize=11)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def report(res: Results, table_path: Path, recipe: str = "adamw") -> None:
+    """The table the picker reads, and beside the results file: budget_table.md and budget_sweep.png
+    (the muon sweep: budget_sweep_muon.md and budget_sweep_muon.png)."""
     if not res.runs():
         print("no finished runs yet")
+        return
+    out = res.path.parent
+    if recipe == "muon":
+        write_muon_rows(res, table_path)
+        write_muon_markdown(res, out / "budget_sweep_muon.md")
+        plot_muon(res, out / "budget_sweep_muon.png")
+        print((out / "budget_sweep_muon.md").read_text())
         return
     out = res.path.parent
     out.mkdir(parents=True, exist_ok=True)
@@ -546,11 +768,19 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "budget-sweep",
                     help="prepared data and run directories (default: runs/budget-sweep)")
-    ap.add_argument("--results", type=Path, default=RESULTS / "budget_sweep.jsonl", help="the JSONL of finished runs")
+    ap.add_argument("--recipe", choices=("muon", "adamw"), default="muon",
+                    help="muon: the ablation's recipe at 5/10/30/60 minutes and two vocabularies (default); "
+                         "adamw: the first sweep")
+    ap.add_argument("--results", type=Path, default=None,
+                    help="the JSONL of finished runs (default: benchmarks/results/budget_sweep_muon.jsonl, or "
+                         "budget_sweep.jsonl for --recipe adamw)")
     ap.add_argument("--table", type=Path, default=REPO / "src" / "tinystories" / "resources" / TABLE_FILE,
                     help="where to write the budget table")
-    ap.add_argument("--budgets", default="2m,5m,10m,30m", help="comma-separated budgets, smallest first")
-    ap.add_argument("--keep", default="5,3,2", help="shapes carried to each larger budget")
+    ap.add_argument("--budgets", default=None,
+                    help="comma-separated budgets, smallest first (default 5m,10m,30m,60m; adamw: 2m,5m,10m,30m)")
+    ap.add_argument("--keep", default=None,
+                    help="shapes carried to each larger budget (default 3,2,1 for muon, whose rungs are longer; "
+                         "5,3,2 for adamw)")
     ap.add_argument("--report", action="store_true", help="only redraw the plot and tables from the results")
     ap.add_argument("--dry-run", action="store_true", help="print the stages and their runs without training")
     ap.add_argument("--shapes", type=int, default=None, metavar="N", help="only the first N shapes (pilots)")
@@ -558,27 +788,34 @@ def main(argv: list[str] | None = None) -> int:
                     help="the first rung's shapes instead of the full grid, e.g. 128x8/32,256x4/64 (hidden x layers / head size)")
     ap.add_argument("--lean", action="store_true",
                     help="fewer runs around the halving (see stages()): the sweep in about an hour on 2 cores")
-    ap.add_argument("--eval-tokens", type=int, default=EVAL_TOKENS, metavar="N",
-                    help=f"score the first N validation tokens (default {EVAL_TOKENS:,}; 0 = all)")
+    ap.add_argument("--eval-tokens", type=int, default=None, metavar="N",
+                    help=f"score the first N validation tokens (0 = all; default: all for muon, {EVAL_TOKENS:,} "
+                         "for adamw)")
     args = ap.parse_args(argv)
+    muon = args.recipe == "muon"
+    args.results = args.results or RESULTS / ("budget_sweep_muon.jsonl" if muon else "budget_sweep.jsonl")
+    args.budgets = args.budgets or ("5m,10m,30m,60m" if muon else "2m,5m,10m,30m")
+    if args.eval_tokens is None:
+        args.eval_tokens = 0 if muon else EVAL_TOKENS
     budgets = [parse_duration(b.strip(), "--budgets") for b in args.budgets.split(",")]
-    keep = [int(k) for k in args.keep.split(",")]
+    keep = [int(k) for k in (args.keep or ("3,2,1" if muon else "5,3,2")).split(",")]
     res = Results(args.results)
     if args.report:
-        report(res, args.table)
+        report(res, args.table, args.recipe)
         return 0
     os.environ.setdefault("TINYSTORIES_QUIET", "1")
     args.work.mkdir(parents=True, exist_ok=True)
     if not res.probes() and not args.dry_run:
         run_probe(res)
-    shapes = SHAPES[:args.shapes]
+    shapes = (MUON_SHAPES if muon else SHAPES)[:args.shapes]
     if args.grid:
         try:
             shapes = [tuple(int(v) for v in g.replace("/", "x").split("x")) for g in args.grid.split(",")]
             assert all(len(t) == 3 and t[0] % t[2] == 0 for t in shapes)
         except (ValueError, AssertionError):
             ap.error(f"--grid {args.grid!r}: expected HIDDENxLAYERS/HEADSIZE,... with the head size dividing hidden")
-    for name, runs in stages(res, budgets, keep, shapes, lean=args.lean):
+    plan = muon_stages(res, budgets, keep, shapes) if muon else stages(res, budgets, keep, shapes, lean=args.lean)
+    for name, runs in plan:
         todo = [(s, b) for s, b in dict.fromkeys(runs) if not res.done(s.key(b))]
         print(f"== {name}: {len(runs)} runs, {len(todo)} to do", flush=True)
         for spec, b in todo:
@@ -589,11 +826,11 @@ def main(argv: list[str] | None = None) -> int:
         if todo and not args.dry_run:
             run_probe(res, 5.0)  # the machine's speed between stages: drift or a busy neighbour shows here
             with contextlib.redirect_stdout(sys.stderr):
-                report(res, args.table)
+                report(res, args.table, args.recipe)
         if args.dry_run and todo:
             break  # later stages depend on these results
     if not args.dry_run and res.runs():
-        report(res, args.table)
+        report(res, args.table, args.recipe)
     return 0
 
 

@@ -47,3 +47,81 @@ def test_the_next_rung_carries_the_leader_and_a_bigger_shape_at_a_corrected_rate
     # as the leader's refinement corrected its own (4e-3 -> 2e-3)
     assert rung == [(bs.Spec(128, 4, 32, 0.002), 600), (bs.Spec(128, 8, 32, 0.002), 600)]
     assert "batch and context at 10m00s" not in stages  # lean: no variants past the first budget
+
+
+# ----------------------------------------------------------------------------- the muon sweep (issue 17)
+
+def add_muon_run(res: bs.Results, spec: bs.Spec, budget_s: float, bpb: float, tokens: int = 4_000_000) -> None:
+    """A finished run as run_one records it (the fields the table row is built from)."""
+    fpt = 6 * spec.hidden ** 2 * spec.layers * 12
+    res.add({"kind": "run", "key": spec.key(budget_s), "budget_s": budget_s, **dataclasses.asdict(spec),
+             "heads": spec.heads, "bpb": bpb, "params": 2_000_000, "flops_per_token": fpt, "tokens": tokens,
+             "tokens_per_s": tokens / budget_s, "steps": tokens // 2048, "warmup_steps": 100, "flops": fpt * tokens,
+             "probe_flops_per_s": 1.4e11, "epochs": tokens / 1.47e6, "time": "2026-11-30 05:00:00"})
+
+
+def muon(h, L, v, lr=None, **kw) -> bs.Spec:
+    return bs.Spec(h, L, 32, lr or bs.lr_prior(h, "muon"), vocab=v, **bs.MUON, **kw)
+
+
+def test_the_first_sweeps_keys_are_unchanged_so_its_results_still_resume():
+    assert bs.Spec(64, 8, 16, 0.00566).key(120) == "t120-v8192-h64-l8-hs16-lr0.00566-b8-c256-d0-gpt-neo-s1337"
+    assert muon(128, 4, 4096).key(300) == \
+        "t300-v4096-h128-l4-hs32-lr0.002-b8-c256-d0-modern-s1337-muon-wsd-z"
+
+
+def test_the_muon_sweep_tries_every_shape_at_both_vocabularies_then_carries_each_vocabularys_best(tmp_path):
+    res = bs.Results(tmp_path / "m.jsonl")
+    shapes = [(128, 4, 32), (192, 4, 32), (256, 4, 32)]
+    first = next(bs.muon_stages(res, [300, 600], [1], shapes=shapes))
+    assert first[0] == "shapes and vocabularies"
+    runs = [s for s, _ in first[1]]
+    assert {(s.hidden, s.vocab) for s in runs} == {(h, v) for h, _, _ in shapes for v in (4096, 8192)}
+    assert all(s.optimizer == "muon" and s.lr_schedule == "wsd" and s.zero_init and s.block == "modern" for s in runs)
+    assert all(s.model()["zero_init"] and s.model()["position"] == "rope" for s in runs)
+    # 5 minutes: 128x4 at 4096 leads, 8192's best is 192x4; 256x4 (bigger than the leader) never refined
+    add_muon_run(res, muon(128, 4, 4096), 300, 0.886)
+    add_muon_run(res, muon(128, 4, 4096, lr=0.001), 300, 0.880)
+    add_muon_run(res, muon(192, 4, 8192), 300, 0.900)
+    add_muon_run(res, muon(128, 4, 8192), 300, 0.906)
+    add_muon_run(res, muon(256, 4, 4096), 300, 0.950)
+    add_muon_run(res, bs.Spec(128, 4, 32, 0.002, vocab=4096, block="modern"), 300, 0.500)  # AdamW: not this sweep's
+    stages = dict(bs.muon_stages(res, [300, 600], [1], shapes=shapes))
+    rung = [s for s, b in stages["rung 10m00s"]]
+    assert rung[0] == muon(128, 4, 4096, lr=0.001)          # the leader, at its better rate
+    assert muon(192, 4, 8192) in rung                          # 8192's best, so 10 minutes has a row for it
+    # 256x4's rate corrected as the leader's was (halved), at the leader's vocabulary
+    assert muon(256, 4, 4096, lr=round(bs.lr_prior(256, "muon") / 2, 6)) in rung
+    assert len(rung) == 3
+    assert stages["dropout at 10m00s"] == []                   # nothing has run at 10 minutes yet
+
+
+def test_the_muon_sweep_writes_a_row_per_budget_and_vocabulary_and_keeps_the_tables_other_rows(tmp_path):
+    import shutil
+
+    from tinystories.train.budget import Table
+
+    table_path = tmp_path / "budget_table.json"
+    shutil.copy(bs.REPO / "src" / "tinystories" / "resources" / bs.TABLE_FILE, table_path)
+    before = Table.load(table_path)
+    res = bs.Results(tmp_path / "m.jsonl")
+    add_muon_run(res, muon(128, 4, 4096), 600, 0.801, tokens=8_000_000)
+    add_muon_run(res, muon(192, 4, 4096), 600, 0.795, tokens=6_000_000)
+    add_muon_run(res, muon(128, 4, 8192), 600, 0.830)
+    table = bs.write_muon_rows(res, table_path)
+    again = Table.load(table_path)
+    assert [dataclasses.asdict(r) for r in again.rows] == \
+        [dataclasses.asdict(r) for r in table.rows]
+    at10 = {again.row_vocab(r): r for r in again.rows if r.budget_s == 600}
+    assert at10[4096].hidden == 192 and at10[4096].bpb == 0.795 and at10[4096].tried == 2
+    assert at10[4096].optimizer == "muon" and at10[4096].lr_schedule == "wsd" and at10[4096].block == {"zero_init": True}
+    assert at10[4096].efficiency == round(6e6 / 600 * 6 * 192 ** 2 * 4 * 12 / 1.4e11, 4)
+    assert at10[8192].bpb == 0.83 and at10[8192].vocab_size is None
+    # every row at another budget is the old table's, unchanged
+    assert [dataclasses.asdict(r) for r in again.rows if r.budget_s != 600] == \
+        [dataclasses.asdict(r) for r in before.rows if r.budget_s != 600]
+    assert sum("10-minute row at vocabulary 4096:" in n for n in again.notes) == 1
+    assert any("budget_sweep.py --recipe muon" in n for n in again.notes)
+    # and the picker takes the new 4096 row on 4096 data at about its compute
+    row, _ = again.pick(at10[4096].compute / at10[4096].efficiency, 4096)
+    assert row.hidden == 192 and row.budget_s == 600
