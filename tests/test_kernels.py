@@ -59,6 +59,12 @@ def test_fused_attention_equals_sdpa_with_gradients(head_dim, window, scale):
         probe[:, 0, 2 * H * head_dim:] += 100.0  # value of token 0
         moved = kernels.fused_attention(probe, H, window, scale) - out.detach()
         assert moved[:, window:].abs().max() == 0 and moved[:, 0].abs().max() > 1
+        # nor does a huge score for a key outside its window change its softmax (the row's maximum is taken
+        # over its own keys only, though the kernel's blocks load keys a few rows before each row's window)
+        probe = qkv.detach().clone()
+        probe[:, :4, H * head_dim:2 * H * head_dim] += 30.0  # keys of tokens 0-3
+        moved = kernels.fused_attention(probe, H, window, scale) - out.detach()
+        assert moved[:, window + 3:].abs().max() == 0 and moved[:, :window].abs().max() > 0
 
 
 @pytest.mark.parametrize("head_dim,window", [(4, 256), (16, None), (3, 100)])
