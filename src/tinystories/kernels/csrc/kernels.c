@@ -79,24 +79,36 @@ typedef float v8 __attribute__((vector_size(32)));
 static inline v8 ld8(const float *p) { v8 v; memcpy(&v, p, sizeof v); return v; }
 static inline void st8(float *p, v8 v) { memcpy(p, &v, sizeof v); }
 static inline float hsum8(v8 v) { return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7])); }
-typedef int32_t vi8 __attribute__((vector_size(32)));
 
-/* max(s[a..e]). GCC leaves a float max loop scalar unless told there are no NaNs (-ffinite-math-only,
-   which we do not pass), and a scalar max is a chain of dependent compares: about 3 cycles a key, more
-   than the scores' dot products and exps together at head size 16 (-fopt-info-vec on this loop). Here:
-   eight running maxima over whole vectors, the keys outside a..e masked to -inf. */
-static inline float row_max(const float *s, int a, int e) {
-    const vi8 lane = {0, 1, 2, 3, 4, 5, 6, 7};
-    const v8 ninf = {-INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY};
-    v8 mx = ninf;
-    for (int j = a & ~7; j <= e; j += 8) {
-        const vi8 idx = lane + j, keep = (idx >= a) & (idx <= e);
-        const v8 v = (v8)(((vi8)ld8(s + j) & keep) | ((vi8)ninf & ~keep));
+typedef int32_t vi8 __attribute__((vector_size(32)));
+typedef uint16_t vh8 __attribute__((vector_size(16)));
+
+/* 8 consecutive activations (fp32 or bf16) as fp32 */
+static inline v8 ld8x(const void *p, size_t i, int bf) {
+    if (!bf) return ld8((const float *)p + i);
+    vh8 h;
+    memcpy(&h, (const uint16_t *)p + i, sizeof h);
+    return (v8)(__builtin_convertvector(h, vi8) << 16);
+}
+
+/* max(p[off], ..., p[off + n - 1]), n >= 1. A running maximum in a scalar loop is a chain of dependent
+   compares (about 3 cycles an element) that GCC will not vectorize unless told there are no NaNs
+   (-ffinite-math-only, which we do not pass): at head size 16 it cost more than a row's dot products
+   and exps together (-fopt-info-vec). Here: eight running maxima, one vector compare and blend. */
+static inline float max_run(const void *p, size_t off, int n, int bf) {
+    v8 mx = {-INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY};
+    int j = 0;
+    for (; j + 8 <= n; j += 8) {
+        const v8 v = ld8x(p, off + j, bf);
         const vi8 gt = v > mx;
         mx = (v8)(((vi8)v & gt) | ((vi8)mx & ~gt));
     }
     float m = mx[0];
     for (int k = 1; k < 8; k++) m = mx[k] > m ? mx[k] : m;
+    for (; j < n; j++) {
+        const float v = ld(p, off + j, bf);
+        m = v > m ? v : m;
+    }
     return m;
 }
 
@@ -184,7 +196,7 @@ static int forward_range(const void *qkv, void *y, float *lse, int T, int H, int
                 float *s = S + (size_t)r * TP;
                 if (r >= rows) { memset(s, 0, sizeof(float) * n); inv[r] = 0; continue; }
                 const int i = i0 + r, a = first_key(i, window) - lo, e = i - lo;  /* this row's keys: a..e */
-                const float m = row_max(s, a, e);
+                const float m = max_run(s, (size_t)a, e - a + 1, 0);
                 float l = 0.0f;
                 for (int j = 0; j < n; j++) {
                     s[j] = (j >= a && j <= e) ? exp_neg(s[j] - m) : 0.0f;
@@ -561,8 +573,7 @@ long decode_block_work(int M, int C, int F, int S, int threads) {
    writes the whole slice about ten times. */
 static double xent_row(const void *logits, size_t off, int V, int64_t t, void *grad, float gscale, int bf_in,
                        int bf_out) {
-    float m = -INFINITY;
-    for (int j = 0; j < V; j++) { const float v = ld(logits, off + j, bf_in); m = v > m ? v : m; }
+    const float m = max_run(logits, off, V, bf_in);
     float s = 0.0f;
     for (int j = 0; j < V; j++) s += exp_neg(ld(logits, off + j, bf_in) - m);
     const float lse = m + logf(s);
