@@ -166,6 +166,24 @@ def test_lm_head_loss_equals_cross_entropy_with_gradients():
         assert kernels.lm_head_loss(x, w, targets).item() == pytest.approx(ref.item(), rel=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_xent_finds_each_rows_maximum_wherever_it_lies(dtype):
+    # one logit per row 150 above the rest, at every position, the tail past the last 8-wide block
+    # included: a row maximum that missed it would overflow the exp (inf) instead of shifting by it
+    torch.manual_seed(3)
+    V = 203
+    logits = torch.randn(V, V) * 3
+    logits[torch.arange(V), torch.arange(V)] += 150.0
+    logits = logits.to(dtype)
+    targets = torch.randint(0, V, (V,))
+    total, grad = kernels.softmax_xent(logits, targets, 1.0, True, torch.float32)
+    ref = logits.float().requires_grad_()
+    loss = F.cross_entropy(ref, targets, reduction="sum")
+    (ref_grad,) = torch.autograd.grad(loss, ref)
+    assert total == pytest.approx(loss.item(), rel=1e-6)
+    assert (grad - ref_grad).abs().max() < 1e-6
+
+
 @pytest.mark.parametrize("block", [{}, {"position": "rope", "norm": "rmsnorm", "mlp": "swiglu"}])
 def test_model_loss_and_gradients_with_and_without_kernels(monkeypatch, block):
     # the budget recipe's block (rope) rotates q and k before the fused kernel: same loss and gradients
