@@ -67,7 +67,8 @@ def muon(h, L, v, lr=None, **kw) -> bs.Spec:
 def test_the_first_sweeps_keys_are_unchanged_so_its_results_still_resume():
     assert bs.Spec(64, 8, 16, 0.00566).key(120) == "t120-v8192-h64-l8-hs16-lr0.00566-b8-c256-d0-gpt-neo-s1337"
     assert muon(128, 4, 4096).key(300) == \
-        "t300-v4096-h128-l4-hs32-lr0.002-b8-c256-d0-modern-s1337-muon-wsd-z"
+        "t300-v4096-h128-l4-hs32-lr0.002-b8-c256-d0-modern-s1337-muon-wsd"
+    assert muon(128, 4, 4096, zero_init=True).key(300).endswith("-muon-wsd-z")
 
 
 def test_the_muon_sweep_tries_every_shape_at_both_vocabularies_then_carries_each_vocabularys_best(tmp_path):
@@ -77,8 +78,9 @@ def test_the_muon_sweep_tries_every_shape_at_both_vocabularies_then_carries_each
     assert first[0] == "shapes and vocabularies"
     runs = [s for s, _ in first[1]]
     assert {(s.hidden, s.vocab) for s in runs} == {(h, v) for h, _, _ in shapes for v in (4096, 8192)}
-    assert all(s.optimizer == "muon" and s.lr_schedule == "wsd" and s.zero_init and s.block == "modern" for s in runs)
-    assert all(s.model()["zero_init"] and s.model()["position"] == "rope" for s in runs)
+    assert all(s.optimizer == "muon" and s.lr_schedule == "wsd" and not s.zero_init and s.block == "modern"
+               for s in runs)
+    assert all(s.model()["position"] == "rope" and "zero_init" not in s.model() for s in runs)
     # 5 minutes: 128x4 at 4096 leads, 8192's best is 192x4; 256x4 (bigger than the leader) never refined
     add_muon_run(res, muon(128, 4, 4096), 300, 0.886)
     add_muon_run(res, muon(128, 4, 4096, lr=0.001), 300, 0.880)
@@ -114,7 +116,7 @@ def test_the_muon_sweep_writes_a_row_per_budget_and_vocabulary_and_keeps_the_tab
         [dataclasses.asdict(r) for r in table.rows]
     at10 = {again.row_vocab(r): r for r in again.rows if r.budget_s == 600}
     assert at10[4096].hidden == 192 and at10[4096].bpb == 0.795 and at10[4096].tried == 2
-    assert at10[4096].optimizer == "muon" and at10[4096].lr_schedule == "wsd" and at10[4096].block == {"zero_init": True}
+    assert at10[4096].optimizer == "muon" and at10[4096].lr_schedule == "wsd" and at10[4096].block == {}
     assert at10[4096].efficiency == round(6e6 / 600 * 6 * 192 ** 2 * 4 * 12 / 1.4e11, 4)
     assert at10[8192].bpb == 0.83 and at10[8192].vocab_size is None
     # every row at another budget is the old table's, unchanged
