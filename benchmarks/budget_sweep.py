@@ -35,8 +35,9 @@ A full grid at 30 minutes would take days on two cores, so the sweep is successi
      minutes the leader with other vocabularies, a larger batch and a longer context; at 30 minutes
      with dropout.
 The best GPT-Neo recipe at each budget (its modern-block twin where that won by more than the seed
-spread), with the FLOPs its run trained, becomes src/tinystories/resources/budget_table.json:
-the table `tinystories train --max-time T` without a preset picks from. The report also writes
+spread), with the FLOPs its run trained, becomes a budget table: benchmarks/results/budget_table_adamw.json,
+or with `--table src/tinystories/resources/budget_table.json` the table `tinystories train --max-time T`
+without a preset picks from (its report rewrites every row of the table it is given). The report also writes
 benchmarks/results/budget_sweep.png (the paper's Figure 6: best loss against compute, the winning shape
 at each point) and benchmarks/results/budget_table.md.
 """
@@ -94,7 +95,8 @@ MUON = {"block": "modern", "optimizer": "muon", "lr_schedule": "wsd"}
 
 def lr_prior(hidden: int, optimizer: str = "adamw") -> float:
     """The first rung's learning rate, falling as 1/sqrt(width): 4e-3 at width 128 for AdamW (the first
-    sweep then refined it to 2e-3), 2e-3 for Muon (the rate every Muon row of the table ran at)."""
+    sweep then refined it to 2e-3), 2e-3 for Muon at width 128 (the rate the table's Muon rows ran at;
+    its 192-wide row too, so the refinement stage tests rates either side of the prior)."""
     return round((2e-3 if optimizer == "muon" else 4e-3) * math.sqrt(128 / hidden), 5)
 
 
@@ -279,20 +281,26 @@ def muon_stages(res: Results, budgets: list[float], keep: list[int], shapes=MUON
     b0 = budgets[0]
     yield "shapes and vocabularies", [(Spec(h, L, hs, lr_prior(h, "muon"), vocab=v, **MUON), b0)
                                       for h, L, hs in shapes for v in vocabs]
-    top = res.best_specs(b0, 2, **where)
+    # the best two at their prior rate: picked from the refinement's own runs, a resumed sweep would
+    # refine a refined rate again
+    top = [s for s in res.best_specs(b0, len(shapes) * len(vocabs) * 3, **where)
+           if s.lr == lr_prior(s.hidden, "muon")][:2]
     yield "learning rates", [(s.with_(lr=round(s.lr * m, 6)), b0) for s in top for m in (0.5, 2.0)]
     lead = res.best_specs(b0, 1, **where)
     yield "seeds", [(lead[0].with_(seed=SEEDS[0]), b0)] if lead else []
     for i, b in enumerate(budgets[1:], 1):
         ranked = res.best_specs(budgets[i - 1], len(shapes) * len(vocabs) * 3, **where)
         chosen = ranked[:keep[min(i - 1, len(keep) - 1)]]
+        def new(spec):  # one run per (shape, vocabulary) and budget, whatever its rate
+            return all((c.shape(), c.vocab) != (spec.shape(), spec.vocab) for c in chosen)
+
         for v in vocabs:
             best_v = next((s for s in ranked if s.vocab == v), None)
-            if best_v is not None and best_v not in chosen:
+            if best_v is not None and new(best_v):
                 chosen.append(best_v)
         # the best shape bigger than the leader at the leader's vocabulary
         big = bigger_shape([s for s in ranked if s.vocab == ranked[0].vocab]) if ranked else None
-        if big is not None and big not in chosen:
+        if big is not None and new(big):
             chosen.append(big)
         yield f"rung {format_duration(b)}", [(s, b) for s in chosen]
     lead = res.best_specs(budgets[-1], 1, **where)
@@ -672,7 +680,7 @@ def write_muon_markdown(res: Results, path: Path) -> None:
     seeds = [r for r in res.runs(optimizer="muon") if r["seed"] != 1337]
     for r in seeds:
         twin = [x for x in res.runs(r["budget_s"], optimizer="muon")
-                if spec_of(x).with_(seed=r["seed"]) == spec_of(r)]
+                if x["seed"] != r["seed"] and spec_of(x).with_(seed=r["seed"]) == spec_of(r)]
         if twin:
             lines += ["", f"Run-to-run spread ({spec_of(r).label()} at vocabulary {r['vocab']}, "
                           f"{format_duration(r['budget_s'])}, two seeds): {abs(twin[0]['bpb'] - r['bpb']):.3f} bits per byte."]
@@ -776,8 +784,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", type=Path, default=None,
                     help="the JSONL of finished runs (default: benchmarks/results/budget_sweep_muon.jsonl, or "
                          "budget_sweep.jsonl for --recipe adamw)")
-    ap.add_argument("--table", type=Path, default=REPO / "src" / "tinystories" / "resources" / TABLE_FILE,
-                    help="where to write the budget table")
+    ap.add_argument("--table", type=Path, default=None,
+                    help="where to write the budget table (default: the shipped one for muon, which replaces "
+                         "only its own budgets' rows; budget_table_adamw.json beside the results for adamw, whose "
+                         "report rewrites every row)")
     ap.add_argument("--budgets", default=None,
                     help="comma-separated budgets, smallest first (default 5m,10m,30m,60m; adamw: 2m,5m,10m,30m)")
     ap.add_argument("--keep", default=None,
@@ -799,6 +809,10 @@ def main(argv: list[str] | None = None) -> int:
     args.budgets = args.budgets or ("5m,10m,30m,60m" if muon else "2m,5m,10m,30m")
     if args.eval_tokens is None:
         args.eval_tokens = 0 if muon else EVAL_TOKENS
+    args.table = args.table or (REPO / "src" / "tinystories" / "resources" / TABLE_FILE if muon
+                                else args.results.parent / "budget_table_adamw.json")
+    if muon and args.lean:
+        ap.error("--lean applies to --recipe adamw (the muon sweep's rungs are set by --keep)")
     budgets = [parse_duration(b.strip(), "--budgets") for b in args.budgets.split(",")]
     keep = [int(k) for k in (args.keep or ("3,2,1" if muon else "5,3,2")).split(",")]
     res = Results(args.results)

@@ -114,6 +114,7 @@ def test_the_muon_sweep_writes_a_row_per_budget_and_vocabulary_and_keeps_the_tab
     again = Table.load(table_path)
     assert [dataclasses.asdict(r) for r in again.rows] == \
         [dataclasses.asdict(r) for r in table.rows]
+    assert len([r for r in again.rows if r.budget_s == 600]) == 2  # one per vocabulary
     at10 = {again.row_vocab(r): r for r in again.rows if r.budget_s == 600}
     assert at10[4096].hidden == 192 and at10[4096].bpb == 0.795 and at10[4096].tried == 2
     assert at10[4096].optimizer == "muon" and at10[4096].lr_schedule == "wsd" and at10[4096].block == {}

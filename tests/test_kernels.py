@@ -169,7 +169,8 @@ def test_lm_head_loss_equals_cross_entropy_with_gradients():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_xent_finds_each_rows_maximum_wherever_it_lies(dtype):
     # one logit per row 150 above the rest, at every position, the tail past the last 8-wide block
-    # included: a row maximum that missed it would overflow the exp (inf) instead of shifting by it
+    # included: a row maximum that missed it would hand the exp a positive argument, outside the range
+    # exp_neg is written for, and the loss and gradient would be garbage
     torch.manual_seed(3)
     V = 203
     logits = torch.randn(V, V) * 3
