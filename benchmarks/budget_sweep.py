@@ -552,19 +552,50 @@ def write_markdown(res: Results, table: Table, path: Path) -> None:
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
-def plot(res: Results, path: Path) -> None:
-    """Figure 6 of the paper, for this machine: every run's bits per byte against the FLOPs it trained
-    with, the best at each budget joined and labelled with its shape; beside it, best against minutes."""
-    import io
-
+def _figure():
+    """Both sweeps' plots: a figure of two panels (every run against FLOPs; the best against minutes)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from tinystories.runtime.files import atomic_write_bytes
-
     fig = Figure(figsize=(13, 5.2), dpi=110)
     FigureCanvasAgg(fig)
-    ax, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    return fig, fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+
+
+def _left_panel(ax, ylabel: str, legend_size: int) -> None:
+    """Both sweeps' plots: the left panel's axes (bits per byte against training FLOPs, log scale)."""
+    ax.set_xscale("log")
+    ax.set_xlabel("training FLOPs (6 x weights + attention, per token, x tokens)")
+    ax.set_ylabel(ylabel)
+    ax.set_title("every run, and the best shape at each budget", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=legend_size)
+
+
+def _finish(fig, ax2, res: Results, title: str, path: Path) -> None:
+    """Both sweeps' plots: the right panel's labels (minutes on this machine), the title, the PNG."""
+    import io
+
+    from tinystories.runtime.files import atomic_write_bytes
+
+    ax2.minorticks_off()
+    ax2.set_xlabel("training time on this machine")
+    ax2.set_ylabel("bits per byte")
+    probes = res.probes()
+    ax2.set_title(probes[0]["machine"] if probes else "", fontsize=8)
+    ax2.grid(alpha=0.3)
+    ax2.legend(fontsize=8)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def plot(res: Results, path: Path) -> None:
+    """Figure 6 of the paper, for this machine: every run's bits per byte against the FLOPs it trained
+    with, the best at each budget joined and labelled with its shape; beside it, best against minutes."""
+    fig, ax, ax2 = _figure()
     neo = res.runs(block="gpt-neo", vocab=DEFAULT_VOCAB)
     budgets = sorted({r["budget_s"] for r in neo})
     import matplotlib
@@ -580,12 +611,7 @@ def plot(res: Results, path: Path) -> None:
     for r in best.values():
         ax.annotate(f"{spec_of(r).label()}\nlr {r['lr']:g}", (r["flops"], r["bpb"]), textcoords="offset points",
                     xytext=(6, 6), fontsize=8)
-    ax.set_xscale("log")
-    ax.set_xlabel("training FLOPs (6 x weights + attention, per token, x tokens)")
-    ax.set_ylabel(f"bits per byte on {VALID_FILE}")
-    ax.set_title("every run, and the best shape at each budget", fontsize=10)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    _left_panel(ax, f"bits per byte on {VALID_FILE}", 8)
 
     mins = [b / 60 for b in best]
     ax2.plot(mins, ys, "k-o", label="GPT-Neo block, best recipe")
@@ -602,19 +628,8 @@ def plot(res: Results, path: Path) -> None:
         ax2.annotate(f"{r['bpb']:.3f}", (b / 60, r["bpb"]), textcoords="offset points", xytext=(-12, -14), fontsize=8)
     ax2.set_xscale("log")
     ax2.set_xticks(mins, [format_duration(b) for b in best])
-    ax2.minorticks_off()
-    ax2.set_xlabel("training time on this machine")
-    ax2.set_ylabel("bits per byte")
-    probes = res.probes()
-    ax2.set_title(probes[0]["machine"] if probes else "", fontsize=8)
-    ax2.grid(alpha=0.3)
-    ax2.legend(fontsize=8)
-    fig.suptitle("What to train in the time you have (TinyStories, BPE 8192, the three shared training files)",
-                 fontsize=11)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    atomic_write_bytes(path, buf.getvalue())
+    _finish(fig, ax2, res, "What to train in the time you have (TinyStories, BPE 8192, the three shared training "
+            "files)", path)
 
 
 # ===================================================================== the muon sweep's report
@@ -691,17 +706,9 @@ def write_muon_markdown(res: Results, path: Path) -> None:
 def plot_muon(res: Results, path: Path) -> None:
     """Figure 6 for the muon sweep: every run's bits per byte against the FLOPs it trained with (colour:
     budget; marker: vocabulary), each vocabulary's best per budget joined; beside it, best against minutes."""
-    import io
-
     import matplotlib
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
 
-    from tinystories.runtime.files import atomic_write_bytes
-
-    fig = Figure(figsize=(13, 5.2), dpi=110)
-    FigureCanvasAgg(fig)
-    ax, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    fig, ax, ax2 = _figure()
     runs = res.runs(optimizer="muon")
     budgets = sorted({r["budget_s"] for r in runs})
     cmap = matplotlib.colormaps["viridis"]
@@ -728,27 +735,11 @@ def plot_muon(res: Results, path: Path) -> None:
         for b, r in pts:
             ax2.annotate(f"{r['bpb']:.3f}", (b / 60, r["bpb"]), textcoords="offset points", xytext=(-12, -14),
                          fontsize=8)
-    ax.set_xscale("log")
-    ax.set_xlabel("training FLOPs (6 x weights + attention, per token, x tokens)")
-    ax.set_ylabel(f"bits per byte on all of {VALID_FILE}")
-    ax.set_title("every run, and the best shape at each budget", fontsize=10)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
+    _left_panel(ax, f"bits per byte on all of {VALID_FILE}", 7)
     ax2.set_xscale("log")
     ax2.set_xticks([b / 60 for b in budgets], [format_duration(b) for b in budgets])
-    ax2.minorticks_off()
-    ax2.set_xlabel("training time on this machine")
-    ax2.set_ylabel("bits per byte")
-    probes = res.probes()
-    ax2.set_title(probes[0]["machine"] if probes else "", fontsize=8)
-    ax2.grid(alpha=0.3)
-    ax2.legend(fontsize=8)
-    fig.suptitle("What to train in the time you have: Muon + WSD (TinyStories, the three shared training files)",
-                 fontsize=11)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    atomic_write_bytes(path, buf.getvalue())
+    _finish(fig, ax2, res, "What to train in the time you have: Muon + WSD (TinyStories, the three shared training "
+            "files)", path)
 
 
 def report(res: Results, table_path: Path, recipe: str = "adamw") -> None:

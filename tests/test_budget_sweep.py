@@ -128,3 +128,22 @@ def test_the_muon_sweep_writes_a_row_per_budget_and_vocabulary_and_keeps_the_tab
     # and the picker takes the new 4096 row on 4096 data at about its compute
     row, _ = again.pick(at10[4096].compute / at10[4096].efficiency, 4096)
     assert row.hidden == 192 and row.budget_s == 600
+
+
+def test_the_muon_sweeps_report_writes_the_table_the_markdown_and_the_plot(tmp_path):
+    import shutil
+
+    res = bs.Results(tmp_path / "budget_sweep_muon.jsonl")
+    res.add({"kind": "probe", "flops_per_s": 1.4e11, "machine": "test machine"})
+    add_muon_run(res, muon(128, 4, 4096), 300, 0.886)
+    add_muon_run(res, muon(128, 4, 4096, seed=1), 300, 0.890)
+    add_muon_run(res, muon(128, 4, 8192), 300, 0.906)
+    add_muon_run(res, muon(192, 4, 4096), 600, 0.801)
+    table_path = tmp_path / "budget_table.json"
+    shutil.copy(bs.REPO / "src" / "tinystories" / "resources" / bs.TABLE_FILE, table_path)
+    bs.report(res, table_path, "muon")
+    md = (tmp_path / "budget_sweep_muon.md").read_text()
+    assert "| 5m00s | 4096 | 2 | 128 x 4, 4 heads of 32 |" in md  # the second seed counts as a run and "| 5m00s | 8192 |" in md
+    assert "| 10m00s | 4096 | 1 | 192 x 4, 6 heads of 32 |" in md
+    assert "two seeds): 0.004 bits per byte" in md  # 0.890 against 0.886
+    assert (tmp_path / "budget_sweep_muon.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
