@@ -50,14 +50,20 @@ CHANGES: dict[str, list[str]] = {
 }
 
 
+def left_out(name: str, stack: list[str]) -> str | None:
+    """X for a variant `stacked-X` with X in the stack (the stack without X), else None."""
+    x = name.removeprefix("stacked-")
+    return x if x != name and x in stack else None
+
+
 def variants(stack: list[str], only: list[str] = ()) -> dict[str, list[str]]:
     """baseline, each change, the stack; and, where `only` names one, `stacked-X`: the stack without X
     (leave-one-out, which says what X adds to the others rather than what it does alone)."""
     out = {"baseline": [], **CHANGES}
     out["stacked"] = [s for name in stack for s in CHANGES[name]]
     for name in only:
-        if name.startswith("stacked-") and name[len("stacked-"):] in stack:
-            out[name] = [s for x in stack if x != name[len("stacked-"):] for s in CHANGES[x]]
+        if left_out(name, stack):
+            out[name] = [s for x in stack if x != left_out(name, stack) for s in CHANGES[x]]
     return out
 
 
@@ -149,8 +155,8 @@ def table(rows: list[dict], names: list[str], budget_s: float, smoke: bool, stac
         # the stack a run recorded (older runs: the one given now)
         used = next((r["stack"] for r in runs(name) if r.get("stack")), stack)
         label = f"stacked ({' + '.join(used)})" if name == "stacked" and used else name
-        if name.startswith("stacked-") and used:
-            label = f"stacked without {name[len('stacked-'):]} ({' + '.join(x for x in used if x != name[len('stacked-'):])})"
+        if used and (x := left_out(name, used)):
+            label = f"stacked without {x} ({' + '.join(u for u in used if u != x)})"
         delta, verdict = "", ""
         if base is not None and name != "baseline":
             d = mean - base[0]
@@ -181,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     stack = [s for s in args.stack.split(",") if s]
     only = [o for o in args.only.split(",") if o]
     unknown = [s for s in stack + only if s not in CHANGES and s not in ("baseline", "stacked")
-               and not (s.startswith("stacked-") and s[len("stacked-"):] in stack)]
+               and not left_out(s, stack)]
     if unknown:
         ap.error(f"unknown change(s) {', '.join(unknown)}; known: {', '.join(CHANGES)}, baseline, stacked, "
                  f"and stacked-X for X in --stack")

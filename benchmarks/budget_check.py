@@ -72,15 +72,10 @@ def write_row(table_path: Path, runs: list[dict]) -> None:
               muon_lr=cfg.get("muon_lr"), block=block,
               vocab_size=None if model.vocab_size == table.vocab_size else model.vocab_size)
     # one row per budget and vocabulary: runs on data of another vocabulary add a row beside the budget's
-    table.rows = [r for r in table.rows
-                  if (r.budget_s, table.row_vocab(r)) != (budget_s, model.vocab_size)] + [row]
-    table.__post_init__()  # sorted by compute again
-    name = f"the {budget_s / 60:g}-minute row" + (f" at vocabulary {row.vocab_size}" if row.vocab_size else "")
     sets = runs[0].get("sets") or []
-    note = (f"{name}: {len(runs)} runs of `tinystories train --max-time`"
-            + (f" with {' '.join('--set ' + kv for kv in sets)}" if sets else "")
-            + f" by benchmarks/budget_check.py ({runs[0]['time'][:10]}), bpb on all of TinyStories-subset-valid.txt")
-    table.notes = [n for n in table.notes if not n.startswith(name + ":")] + [note]
+    table.put(row, f"{len(runs)} runs of `tinystories train --max-time`"
+              + (f" with {' '.join('--set ' + kv for kv in sets)}" if sets else "")
+              + f" by benchmarks/budget_check.py ({runs[0]['time'][:10]}), bpb on all of TinyStories-subset-valid.txt")
     atomic_write_json(table_path, table.to_dict())
     print(f"{table_path}: wrote the {budget_s:g}s row ({row.label()}, {row.bpb} bpb)")
 

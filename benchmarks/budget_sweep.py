@@ -644,37 +644,34 @@ def best_muon(res: Results) -> dict[tuple[float, int], dict]:
     return dict(sorted(out.items()))
 
 
+def muon_tried(res: Results, budget_s: float, vocab: int) -> int:
+    """The muon runs at a budget and vocabulary (each seed a run)."""
+    return len({x["key"] for x in res.runs(budget_s, optimizer="muon", vocab=vocab)})
+
+
 def write_muon_rows(res: Results, path: Path) -> Table:
     """Each budget's best muon run at each vocabulary, written into the budget table at `path` as the row
-    for that budget and vocabulary (the table's rows at other budgets or vocabularies stay)."""
-    old = Table.load(path) if path.is_file() else None
-    vocab = old.vocab_size if old else DEFAULT_VOCAB
-    rows, notes = [], []
+    for that budget and vocabulary (`Table.put`: the table's rows at other budgets or vocabularies stay)."""
+    table = Table.load(path) if path.is_file() else None
+    vocab = table.vocab_size if table else DEFAULT_VOCAB
+    rows = []
     for (b, v), r in best_muon(res).items():
         spec = spec_of(r)
         row = Row(**MODERN, budget_s=b, compute=r["flops"], hidden=spec.hidden, layers=spec.layers,
                   heads=spec.heads, context=spec.context, batch_size=spec.batch_size, lr=spec.lr,
                   warmup_frac=round(r["warmup_steps"] / max(1, r["steps"]), 4), weight_decay=spec.weight_decay,
                   dropout=spec.dropout, bpb=round(r["bpb"], 4), tokens=r["tokens"], tokens_per_s=r["tokens_per_s"],
-                  tried=len({x["key"] for x in res.runs(b, optimizer="muon", vocab=v)}),
+                  tried=muon_tried(res, b, v),
                   efficiency=round(r["tokens_per_s"] * r["flops_per_token"] / r["probe_flops_per_s"], 4),
                   optimizer=spec.optimizer, lr_schedule=spec.lr_schedule,
                   block={"zero_init": True} if spec.zero_init else {}, vocab_size=None if v == vocab else v)
-        rows.append(row)
-        # named as benchmarks/budget_check.py names its rows, so that either replaces the other's note
-        name = f"the {b / 60:g}-minute row" + (f" at vocabulary {v}" if v != vocab else "")
-        notes.append((name, f"{name}: the best of {row.tried} runs of benchmarks/budget_sweep.py --recipe muon "
-                            f"({r['time'][:10]}), bpb on all of {VALID_FILE}"))
-    new = {(row.budget_s, row.vocab_size or vocab) for row in rows}
-    if old is None:
+        rows.append((row, f"the best of {row.tried} runs of benchmarks/budget_sweep.py --recipe muon "
+                          f"({r['time'][:10]}), bpb on all of {VALID_FILE}"))
+    if table is None:
         table = Table(vocab_size=vocab, probe_flops_per_s=probe_flops(res), machine=res.probes()[0]["machine"],
-                      rows=rows, metric=f"bits per byte on all of {VALID_FILE}", notes=[])
-    else:
-        table = old
-        table.rows = [r for r in old.rows if (r.budget_s, old.row_vocab(r)) not in new] + rows
-        table.__post_init__()  # sorted by compute again
-    table.notes = [n for n in table.notes if not any(n.startswith(name + ":") for name, _ in notes)] + \
-        [n for _, n in notes]
+                      rows=[row for row, _ in rows], metric=f"bits per byte on all of {VALID_FILE}", notes=[])
+    for row, how in rows:
+        table.put(row, how)
     atomic_write_json(path, table.to_dict())
     return table
 
@@ -688,8 +685,7 @@ def write_muon_markdown(res: Results, path: Path) -> None:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for (b, v), r in best_muon(res).items():
         s = spec_of(r)
-        tried = len({x["key"] for x in res.runs(b, optimizer="muon", vocab=v)})
-        lines.append(f"| {format_duration(b)} | {v} | {tried} | {s.hidden} x {s.layers}, {s.heads} heads of "
+        lines.append(f"| {format_duration(b)} | {v} | {muon_tried(res, b, v)} | {s.hidden} x {s.layers}, {s.heads} heads of "
                      f"{s.head_size} | {r['params'] / 1e6:.2f}M | {s.lr:g} | {s.dropout:g} | {r['tokens'] / 1e6:.2f}M | "
                      f"{r.get('epochs', 0):.1f} | {r['bpb']:.3f} |")
     seeds = [r for r in res.runs(optimizer="muon") if r["seed"] != 1337]

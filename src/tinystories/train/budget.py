@@ -211,6 +211,15 @@ class Table:
     def row_vocab(self, row: Row) -> int:
         return row.vocab_size or self.vocab_size
 
+    def put(self, row: Row, how: str) -> None:
+        """Make `row` the table's row at its budget and vocabulary (replacing one there), with the note
+        "the N-minute row[ at vocabulary V]: `how`" in place of that row's earlier note."""
+        key = (row.budget_s, self.row_vocab(row))
+        self.rows = [r for r in self.rows if (r.budget_s, self.row_vocab(r)) != key] + [row]
+        self.__post_init__()  # sorted by compute again
+        name = f"the {row.budget_s / 60:g}-minute row" + (f" at vocabulary {row.vocab_size}" if row.vocab_size else "")
+        self.notes = [n for n in self.notes if not n.startswith(name + ":")] + [f"{name}: {how}"]
+
     def row_compute(self, row: Row, compute: float, vocab_size: int | None = None) -> float:
         """What `compute` (reference-model FLOPs: time x the probe's FLOP/s) buys `row`'s model, in the
         sweep's units: its relative speed, and its tokens counted at the cost per token its runs paid
