@@ -69,7 +69,7 @@ def write_row(table_path: Path, runs: list[dict]) -> None:
               mlp=model.mlp, bpb=round(statistics.mean(r["bpb"] for r in runs), 4), tokens=int(tokens),
               tokens_per_s=round(tps, 1), tried=None, efficiency=round(tps * per_token / probe, 4),
               optimizer=cfg["optimizer"], lr_schedule=cfg["lr_schedule"], cooldown_frac=cfg["cooldown_frac"],
-              muon_lr=cfg.get("muon_lr"), block=block,
+              muon_lr=cfg.get("muon_lr"), block=block, keep_best=cfg.get("keep_best", False),
               vocab_size=None if model.vocab_size == table.vocab_size else model.vocab_size)
     # one row per budget and vocabulary: runs on data of another vocabulary add a row beside the budget's
     sets = runs[0].get("sets") or []

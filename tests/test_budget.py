@@ -242,6 +242,30 @@ def test_plan_takes_the_rows_optimizer_schedule_and_block_unless_the_user_gave_t
         export_class(row.model_config(8192))  # a UserError if transformers cannot express the row's model
 
 
+def test_a_keep_best_row_gives_the_run_keep_best_and_enough_validation_passes(tiny_data):
+    """A row measured with keep_best (the 60-minute one) hands it to the run with periodic validation to
+    choose from: at least EVALS_PER_RUN passes, at most KEEP_BEST_EVALS; the user's keep_best=false wins."""
+    from tinystories.data.prepare import load_data_dir
+    from tinystories.train.budget import EVALS_PER_RUN, KEEP_BEST_EVALS
+
+    data = load_data_dir(tiny_data)
+    table = _table()
+    for row in table.rows:
+        row.keep_best = True
+    lines = []
+    cfg, choice = plan(TrainConfig(data=str(tiny_data), out="x", max_time=120, threads=1), data,
+                       torch.device("cpu"), table=table, say=lines.append)
+    steps = choice["expected_tokens"] / (cfg.batch_size * cfg.context)
+    assert cfg.keep_best is True and EVALS_PER_RUN <= steps / cfg.eval_every <= KEEP_BEST_EVALS + 1
+    assert "keep_best" in next(line for line in lines if "picked" in line)
+    assert "+keep_best" in choice["label"]
+
+    user = TrainConfig(data=str(tiny_data), out="x", max_time=120, threads=1, keep_best=False,
+                       given=["keep_best"])
+    cfg, choice = plan(user, data, torch.device("cpu"), table=table, say=lines.append)
+    assert cfg.keep_best is False and choice["kept"] == ["keep_best"]
+
+
 # --------------------------------------------------------------------------- the modern block
 
 def _modern(**kw) -> GPTNeo:

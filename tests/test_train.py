@@ -454,3 +454,66 @@ def test_out_naming_a_file_is_a_one_line_error(data_dir, tmp_path):
     proc = run_cli("train", "--data", data_dir, "--out", f, "--max-steps", 3, *TINY_ARGS, "--force")
     assert_one_line_error(proc, f"--out {f}", "is a file")
     assert f.read_text() == "mine"
+
+
+# --------------------------------------------------------------------------- keep_best
+
+@pytest.fixture(scope="session")
+def small_data(tmp_path_factory) -> Path:
+    """5 training stories (2,325 tokens at BPE 300) and 60 held-out ones: a model of hidden 128 memorises
+    the training stories within a hundred steps, so its validation loss turns up (3.34 at step 100, 4.10 at
+    300), as a long run on the shared 1.47M-token files does in its cooldown."""
+    from conftest import VALID_TXT, _head_stories
+    from tinystories.data.prepare import prepare
+
+    root = tmp_path_factory.mktemp("small")
+    for name, src, n in (("train.txt", TRAIN_TXT, 5), ("val.txt", VALID_TXT, 60)):
+        (root / name).write_text("".join(f"{s}\n{EOT}\n" for s in _head_stories(src, n)), encoding="utf-8")
+    prepare([root / "train.txt"], root / "data", tokenizer="bpe", vocab_size=300, val=[root / "val.txt"])
+    return root / "data"
+
+
+KEEP_BEST_RUN = {"max_steps": 200, "lr": 3e-3, "warmup_steps": 5, "lr_schedule": "constant", "eval_every": 20,
+                 "checkpoint_every": 80, "batch_size": 8, "samples": 0, "eval_tokens": 4096,
+                 "final_eval_tokens": 4096, "model": {"hidden": 128, "layers": 2, "heads": 4}}
+
+
+def test_keep_best_makes_the_best_validated_weights_the_model(small_data, tmp_path):
+    out = tmp_path / "best"
+    summary = train(_cfg(small_data, out, keep_best=True, **KEEP_BEST_RUN))
+    vals = [(r["step"], r["val_loss"]) for r in _records(out) if "val_loss" in r and not r.get("final")]
+    assert [s for s, _ in vals] == list(range(20, 201, 20))
+    best_step, best_loss = min(vals, key=lambda v: v[1])
+    assert best_step < 200 and vals[-1][1] > best_loss + 0.1, vals  # the data make it memorise: the premise
+    kept = summary["kept"]
+    assert kept["step"] == best_step and kept["val_loss"] == pytest.approx(best_loss, abs=1e-6)
+    assert kept["last_val_loss"] == pytest.approx(vals[-1][1], abs=1e-6)
+    # the run's model is the best step's weights: it scores what that pass scored, on the same tokens
+    assert summary["val_loss"] == pytest.approx(best_loss, abs=1e-5)
+    model, _ = load_model(out)
+    best = ckpt.read_best(out)
+    assert torch.equal(model.wte.weight, best["wte.weight"])
+    assert json.loads((out / "config.json").read_text())["training"]["step"] == best_step
+    # ... while the last checkpoint keeps the last step's, for --resume
+    last, _, info = ckpt.read_checkpoint(ckpt.latest_checkpoint(out))
+    assert info["step"] == 200 and info["best"]["step"] == best_step
+    assert not torch.equal(last["wte.weight"], best["wte.weight"])
+
+    # a run stopped at step 120 and resumed to 200 keeps the same step: the best so far is in the checkpoint
+    resumed = tmp_path / "resumed"
+    train(_cfg(small_data, resumed, keep_best=True, **{**KEEP_BEST_RUN, "max_steps": 120}))
+    again = train(_cfg(small_data, resumed, keep_best=True, **KEEP_BEST_RUN), resume=True)
+    assert again["kept"] == kept
+    assert torch.equal(load_model(resumed)[0].wte.weight, best["wte.weight"])
+
+    # without keep_best the same run's model is the last step's
+    plain = tmp_path / "plain"
+    summary = train(_cfg(small_data, plain, **KEEP_BEST_RUN))
+    assert "kept" not in summary and summary["val_loss"] == pytest.approx(vals[-1][1], abs=1e-5)
+    assert not (plain / "checkpoints" / ckpt.BEST_FILE).exists()
+
+
+def test_keep_best_needs_periodic_validation(data_dir, tmp_path):
+    proc = run_cli("train", "--data", data_dir, "--out", tmp_path / "run", "--max-steps", 3, *TINY_ARGS,
+                   "--set", "keep_best=true", "--set", "eval_every=0")
+    assert_one_line_error(proc, "keep_best", "eval_every")

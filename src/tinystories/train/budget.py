@@ -48,6 +48,8 @@ EVALS_PER_RUN = 5              # periodic validation passes the picked run makes
 EVAL_TOKENS = 16_384           # tokens per periodic pass
 CHECKPOINTS_PER_RUN = 4
 MIN_STEPS_FOR_EVALS = 60       # shorter runs validate only at the end
+KEEP_BEST_EVALS = 40           # a keep_best run's passes, its best weights chosen among them ...
+KEEP_BEST_EVAL_SHARE = 0.02    # ... at most this share of its time (a 1-minute run would spend half on 40)
 # Passes over train.bin past which the run is told it may be overfitting rather than learning. Measured on the
 # shared 1.47M-token files at vocabulary 4096: 30 minutes of 192 x 4 (9 passes) scored 0.762 bits per byte,
 # 60 minutes of 256 x 4 (13 passes) 0.778, its training loss 1.2 nats against 2.13 held out.
@@ -139,6 +141,8 @@ class Row:
     # the vocabulary the row's runs trained with; None = the table's. A budget may have a row per vocabulary:
     # the data's vocabulary is fixed by `prepare`, so the picker takes the row measured at it where there is one.
     vocab_size: int | None = None
+    # the run kept its weights of best periodic validation (TrainConfig.keep_best), not the last step's
+    keep_best: bool = False
 
     def model_config(self, vocab_size: int) -> ModelConfig:
         return ModelConfig(vocab_size=vocab_size, context=self.context, hidden=self.hidden, layers=self.layers,
@@ -152,6 +156,8 @@ class Row:
             parts.append(f"{self.lr_schedule}" + (f" (cooldown {self.cooldown_frac:g})" if self.lr_schedule == "wsd"
                                                   else ""))
         parts += [k if v is True else f"{k}={v}" for k, v in self.block.items()]
+        if self.keep_best:
+            parts.append("keep_best")
         return ", ".join(parts)
 
     def shape(self) -> str:
@@ -163,7 +169,8 @@ class Row:
     def label(self) -> str:
         """e.g. 128x4/hs32, or 128x4/hs32+muon+wsd with the optimizer, schedule and block options named."""
         extra = ([self.optimizer] if self.optimizer != "adamw" else []) + \
-            ([self.lr_schedule] if self.lr_schedule != "cosine" else []) + list(self.block)
+            ([self.lr_schedule] if self.lr_schedule != "cosine" else []) + list(self.block) + \
+            (["keep_best"] if self.keep_best else [])
         return f"{self.hidden}x{self.layers}/hs{self.hidden // self.heads}" + "".join(f"+{e}" for e in extra)
 
 
@@ -265,7 +272,7 @@ class Table:
 # ===================================================================== the plan
 
 _PICKED_TRAIN = ("batch_size", "context", "lr", "warmup_steps", "weight_decay", "eval_every", "eval_tokens",
-                 "checkpoint_every", "optimizer", "lr_schedule", "cooldown_frac", "muon_lr")
+                 "checkpoint_every", "optimizer", "lr_schedule", "cooldown_frac", "muon_lr", "keep_best")
 _PICKED_MODEL = ("hidden", "layers", "heads", "context", "dropout", "position", "norm", "mlp")
 
 
@@ -320,9 +327,17 @@ def plan(cfg, data, device, *, table: Table | None = None, say: Callable[[str], 
     step_s = tokens_per_step / tps
     eval_tokens = cfg.eval_tokens if "eval_tokens" in user else EVAL_TOKENS
     rough_steps = left / step_s
-    # periodic validation only when the run is long enough for a curve; it costs ~1% of the budget
-    eval_every = cfg.eval_every if "eval_every" in user else \
-        (int(rough_steps // (EVALS_PER_RUN + 1)) if rough_steps >= MIN_STEPS_FOR_EVALS else 0)
+    keep_best = cfg.keep_best if "keep_best" in user else row.keep_best
+    # periodic validation only when the run is long enough for a curve; it costs ~1% of the budget. keep_best
+    # chooses its weights among these passes, so it always has them, and more of them.
+    if "eval_every" in user:
+        eval_every = cfg.eval_every
+    elif keep_best:
+        pass_s = eval_tokens / (2.5 * tps)  # forward only: ~3x cheaper than a training step's tokens
+        passes = min(KEEP_BEST_EVALS, max(EVALS_PER_RUN, int(KEEP_BEST_EVAL_SHARE * left / pass_s)))
+        eval_every = max(1, int(rough_steps // (passes + 1)))
+    else:
+        eval_every = int(rough_steps // (EVALS_PER_RUN + 1)) if rough_steps >= MIN_STEPS_FOR_EVALS else 0
     eval_s = 0.0 if not (eval_every and eval_tokens) else eval_tokens / (2.5 * tps)  # forward: ~3x cheaper
     train_s = left - 1.0 - step_s - eval_s  # end by the deadline: the last step and eval may start late
     if train_s < 2 * step_s:
@@ -337,7 +352,7 @@ def plan(cfg, data, device, *, table: Table | None = None, say: Callable[[str], 
         "eval_every": eval_every, "eval_tokens": eval_tokens,
         "checkpoint_every": max(1, steps // CHECKPOINTS_PER_RUN),
         "optimizer": row.optimizer, "lr_schedule": row.lr_schedule, "cooldown_frac": row.cooldown_frac,
-        "muon_lr": row.muon_lr,
+        "muon_lr": row.muon_lr, "keep_best": keep_best,
     }
     changes = {k: v for k, v in picked.items() if k not in user}
     new = cfg.replace(**changes, model=model, max_time=round(train_s, 3))
@@ -345,7 +360,7 @@ def plan(cfg, data, device, *, table: Table | None = None, say: Callable[[str], 
     shape = Row(**{**dataclasses.asdict(row), **{k: model[k] for k in ("hidden", "layers", "heads", "dropout",
                                                                       "position", "norm", "mlp")},
                    "optimizer": new.optimizer, "lr_schedule": new.lr_schedule, "cooldown_frac": new.cooldown_frac,
-                   "block": {k: model[k] for k in row.block}})
+                   "block": {k: model[k] for k in row.block}, "keep_best": new.keep_best})
     epoch_tokens = len(data.train)
     kept = sorted(user | {f"model.{k}" for k in user_model if k in _PICKED_MODEL or k in row.block})
     choice = {

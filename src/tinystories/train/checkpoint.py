@@ -26,6 +26,7 @@ from ..model.modeldir import WEIGHTS_FILE, model_config, save_model
 from ..runtime.files import atomic_dir
 
 CHECKPOINTS = "checkpoints"
+BEST_FILE = "best.safetensors"   # keep_best: the weights of the best periodic validation so far
 STATE_FILE = "state.json"
 TRAINER_FILE = "trainer.pt"
 _NAME = re.compile(r"^step-(\d+)$")
@@ -74,6 +75,31 @@ def write_checkpoint(run_dir: str | Path, step: int, model, trainer_state: dict,
     save_model(run_dir, model, extra={"training": {k: info[k] for k in ("step", "tokens") if k in info}})
     prune_checkpoints(run_dir, keep)
     return path
+
+
+def write_best(run_dir: str | Path, model, step: int, val_loss: float) -> None:
+    """keep_best: RUN_DIR/checkpoints/best.safetensors, the weights at `step`, replaced atomically. Not a
+    `step-*` checkpoint (no optimizer state), so pruning and `--resume` never take it for one."""
+    from safetensors.torch import save
+
+    from ..runtime.files import atomic_write_bytes
+
+    (Path(run_dir) / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(Path(run_dir) / CHECKPOINTS / BEST_FILE,
+                       save(_weights(model), metadata={"format": "tinystories-model", "step": str(step),
+                                                       "val_loss": repr(val_loss)}))
+
+
+def read_best(run_dir: str | Path) -> dict:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(run_dir) / CHECKPOINTS / BEST_FILE
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"{path}: unreadable ({str(e).splitlines()[0]}); the run's last weights are in "
+                        f"{latest_checkpoint(run_dir)}") from None
 
 
 def prune_checkpoints(run_dir: str | Path, keep: int) -> None:

@@ -71,6 +71,9 @@ class TrainConfig:
     eval_tokens: int | None = 32768  # validation tokens per periodic pass; None = all of val.bin
     final_eval_tokens: int | None = 262_144  # validation tokens at the end; None = all of val.bin
     eval_batch_size: int | None = None  # None = batch_size
+    keep_best: bool = False          # the run's model is the weights with the lowest periodic validation loss,
+                                     # not the last step's: a run that passes over small data many times can
+                                     # start to memorise it in the cooldown (train/loop.py, keep_best_weights)
     checkpoint_every: int = 250      # steps between checkpoints; 0 = only at the end
     keep_checkpoints: int = 2
     tensorboard: bool = False        # also log to RUN_DIR/tensorboard (needs the tensorboard package)
@@ -117,6 +120,8 @@ class TrainConfig:
                               ("compile", ("auto", "on", "off"))):
             if getattr(self, name) not in allowed:
                 bad(name, f"must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.keep_best and not self.eval_every:
+            bad("keep_best", "needs periodic validation to choose from: set eval_every (steps between passes)")
         for key in self.model:
             if key not in _MODEL_FIELDS:
                 raise UserError(_unknown_key(f"model.{key}", [f"model.{k}" for k in _MODEL_FIELDS], "train config"))
