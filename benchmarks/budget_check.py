@@ -73,7 +73,7 @@ def write_row(table_path: Path, runs: list[dict]) -> None:
               vocab_size=None if model.vocab_size == table.vocab_size else model.vocab_size)
     # one row per budget and vocabulary: runs on data of another vocabulary add a row beside the budget's
     sets = runs[0].get("sets") or []
-    table.put(row, f"{len(runs)} runs of `tinystories train --max-time`"
+    table.put(row, f"{len(runs)} run{'s' if len(runs) != 1 else ''} of `tinystories train --max-time`"
               + (f" with {' '.join('--set ' + kv for kv in sets)}" if sets else "")
               + f" by benchmarks/budget_check.py ({runs[0]['time'][:10]}), bpb on all of TinyStories-subset-valid.txt")
     atomic_write_json(table_path, table.to_dict())
@@ -89,7 +89,7 @@ def plot(specs: list[str], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(6, 4.8))
     budgets: set[float] = set()
     for spec in specs:
         paths, _, label = spec.partition("=")
@@ -110,7 +110,7 @@ def plot(specs: list[str], out: Path) -> None:
     ax.set_xlabel("--max-time (2-core CPU)")
     ax.set_ylabel("bits per byte, all of TinyStories-subset-valid.txt")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)  # above: no point hidden
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     print(f"wrote {out}")

@@ -462,7 +462,7 @@ def test_out_naming_a_file_is_a_one_line_error(data_dir, tmp_path):
 def small_data(tmp_path_factory) -> Path:
     """5 training stories (2,325 tokens at BPE 300) and 60 held-out ones: a model of hidden 128 memorises
     the training stories within a hundred steps, so its validation loss turns up (3.34 at step 100, 4.10 at
-    300), as a long run on the shared 1.47M-token files does in its cooldown."""
+    300), as a long run on small data can in its cooldown."""
     from conftest import VALID_TXT, _head_stories
     from tinystories.data.prepare import prepare
 
