@@ -259,6 +259,10 @@ def test_a_keep_best_row_gives_the_run_keep_best_and_enough_validation_passes(ti
     assert cfg.keep_best is True and EVALS_PER_RUN <= steps / cfg.eval_every <= KEEP_BEST_EVALS + 1
     assert "keep_best" in next(line for line in lines if "picked" in line)
     assert "+keep_best" in choice["label"]
+    whole = TrainConfig(data=str(tiny_data), out="x", max_time=120, threads=1, eval_tokens=None,
+                        given=["eval_tokens"])  # every pass over all of val.bin: planned at its length
+    cfg, _ = plan(whole, data, torch.device("cpu"), table=table, say=lines.append)
+    assert cfg.keep_best is True and cfg.eval_tokens is None and cfg.eval_every >= 1
 
     user = TrainConfig(data=str(tiny_data), out="x", max_time=120, threads=1, keep_best=False,
                        given=["keep_best"])

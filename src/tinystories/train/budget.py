@@ -328,17 +328,17 @@ def plan(cfg, data, device, *, table: Table | None = None, say: Callable[[str], 
     eval_tokens = cfg.eval_tokens if "eval_tokens" in user else EVAL_TOKENS
     rough_steps = left / step_s
     keep_best = cfg.keep_best if "keep_best" in user else row.keep_best
+    pass_s = (eval_tokens or len(data.val)) / (2.5 * tps)  # a validation pass: forward only, ~3x cheaper per token
     # periodic validation only when the run is long enough for a curve; it costs ~1% of the budget. keep_best
     # chooses its weights among these passes, so it always has them, and more of them.
     if "eval_every" in user:
         eval_every = cfg.eval_every
     elif keep_best:
-        pass_s = eval_tokens / (2.5 * tps)  # forward only: ~3x cheaper than a training step's tokens
         passes = min(KEEP_BEST_EVALS, max(EVALS_PER_RUN, int(KEEP_BEST_EVAL_SHARE * left / pass_s)))
         eval_every = max(1, int(rough_steps // (passes + 1)))
     else:
         eval_every = int(rough_steps // (EVALS_PER_RUN + 1)) if rough_steps >= MIN_STEPS_FOR_EVALS else 0
-    eval_s = 0.0 if not (eval_every and eval_tokens) else eval_tokens / (2.5 * tps)  # forward: ~3x cheaper
+    eval_s = pass_s if eval_every and eval_tokens else 0.0
     train_s = left - 1.0 - step_s - eval_s  # end by the deadline: the last step and eval may start late
     if train_s < 2 * step_s:
         raise UserError(f"--max-time {format_duration(budget)}: too short to train anything here "

@@ -293,12 +293,12 @@ def _restore(run: Run) -> None:
     if run.scaler is not None and trainer_state.get("scaler"):
         run.scaler.load_state_dict(trainer_state["scaler"])
     rng, rank = trainer_state["rng"], run.dist.rank
-    run.best = info.get("best")
     if len(rng) == run.dist.world:
         torch.set_rng_state(rng[rank]["torch"])
         if run.device.type == "cuda" and rng[rank].get("cuda") is not None:
             torch.cuda.set_rng_state(rng[rank]["cuda"], run.device)
     run.step, run.samples, run.elapsed_before = info["step"], info["samples"], info["elapsed"]
+    run.best = info.get("best")
 
 
 def run_steps(run: Run) -> None:
@@ -496,9 +496,11 @@ def keep_best_weights(run: Run) -> dict:
     out; its best periodic pass was step 9,306's (2.031 nats), its last step 9,429 scored 2.056 on the same
     16,384 tokens. The selection sees only those tokens, so it is a choice among a few dozen candidates,
     not a fit to the validation set."""
-    last = evaluate(run, run.cfg.eval_tokens)
     best = run.best
-    if not last or best is None or best["step"] == run.step or last["val_loss"] <= best["val_loss"]:
+    if best is not None and best["step"] == run.step:  # the last step's periodic pass was the best: no second pass
+        return {**best, "last_val_loss": best["val_loss"]}
+    last = evaluate(run, run.cfg.eval_tokens)
+    if not last or best is None or last["val_loss"] <= best["val_loss"]:
         return {"step": run.step, "tokens": run.tokens, "val_loss": last.get("val_loss"), "last_val_loss": last.get("val_loss")}
     ckpt.load_weights(run.raw_model, ckpt.read_best(run.run_dir))
     save_model(run.run_dir, run.raw_model, extra={"training": {"step": best["step"], "tokens": best["tokens"],
