@@ -114,8 +114,14 @@ static inline float max_run(const void *p, size_t off, int n, int bf) {
     return m;
 }
 
+/* The three block products below are kept out of line (noinline): inlined into the OpenMP body of
+   the forward and backward, GCC 12 ran out of registers there and kept the broadcast factors and the
+   loaded rows of P on the stack (perf annotate), reloading them for every multiply-add. Out of line
+   each gets the registers to itself: forward and backward 1.3-1.5x faster (batch 8 x 512, 16 heads of
+   16 and of 48, bf16, Zen 4), the same results to the bit. */
+
 /* S[r][j] = sum_d A[r][d] * M[d][j] for r < R, j < n (rounded up to 8); M offset to the first key */
-static inline void block_dot(float *restrict S, int ls, const float *restrict A, const float *restrict M, int D,
+static __attribute__((noinline)) void block_dot(float *restrict S, int ls, const float *restrict A, const float *restrict M, int D,
                              int TP, int n) {
     for (int j = 0; j < n; j += 8) {
         v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
@@ -128,7 +134,7 @@ static inline void block_dot(float *restrict S, int ls, const float *restrict A,
 }
 
 /* O[r][d] = sum_j P[r][j] * M[d][j] for r < R, d < D (even), j < n (rounded up to 8) */
-static inline void block_reduce(float *restrict O, const float *restrict P, int lp, const float *restrict M, int D,
+static __attribute__((noinline)) void block_reduce(float *restrict O, const float *restrict P, int lp, const float *restrict M, int D,
                                 int TP, int n) {
     for (int d = 0; d < D; d += 2) {
         const float *m0 = M + (size_t)d * TP, *m1 = m0 + TP;
@@ -145,7 +151,7 @@ static inline void block_reduce(float *restrict O, const float *restrict P, int 
 }
 
 /* M[d][j] += sum_r A[r][d] * P[r][j] for d < D (even), j < n (rounded up to 8) */
-static inline void block_outer(float *restrict M, int TP, const float *restrict A, const float *restrict P, int lp,
+static __attribute__((noinline)) void block_outer(float *restrict M, int TP, const float *restrict A, const float *restrict P, int lp,
                                int D, int n) {
     for (int d = 0; d < D; d += 2) {
         float *m0 = M + (size_t)d * TP, *m1 = m0 + TP;
@@ -160,6 +166,21 @@ static inline void block_outer(float *restrict M, int TP, const float *restrict 
 }
 
 
+/* Rows of qkv (and of y, dy) lie 3C (C) elements apart, so every row a head reads is a new cache
+   line, and the loads that read them waited on memory (perf: most of pack_kv's time sat on them).
+   Ask for the rows AHEAD rows on: `count` rows of `len` elements, `stride` apart, from element
+   `first` (a hint: no effect on the results). Measured on batch 8 x 512, 16 heads, bf16, Zen 4: the
+   forward 1.25x faster at head size 16 and 48, the backward 1.13-1.19x. */
+#define AHEAD 16
+static inline void prefetch_rows(const void *p, size_t first, size_t stride, int count, int len, int bf) {
+    const size_t es = bf ? 2 : 4, bytes = (size_t)len * es;
+    for (int r = 0; r < count; r++) {
+        const char *a = (const char *)p + (first + (size_t)r * stride) * es;
+        for (size_t o = 0; o < bytes; o += 64) __builtin_prefetch(a + o);
+        __builtin_prefetch(a + bytes - 1);
+    }
+}
+
 /* pack this head's keys and values as [D][TP], zero-padded */
 static void pack_kv(const void *qkv, size_t base, size_t rs, int C, int h, int D, int DP, int T, int TP, float *KT,
                     float *VT, int bf) {
@@ -167,6 +188,10 @@ static void pack_kv(const void *qkv, size_t base, size_t rs, int C, int h, int D
     memset(VT, 0, sizeof(float) * (size_t)DP * TP);
     for (int t = 0; t < T; t++) {
         const size_t row = base + t * rs;
+        if (t + AHEAD < T) {
+            prefetch_rows(qkv, row + AHEAD * rs + C + h * D, rs, 1, D, bf);      /* its key */
+            prefetch_rows(qkv, row + AHEAD * rs + 2 * C + h * D, rs, 1, D, bf);  /* its value */
+        }
         for (int d = 0; d < D; d++) {
             KT[(size_t)d * TP + t] = ld(qkv, row + C + h * D + d, bf);
             VT[(size_t)d * TP + t] = ld(qkv, row + 2 * C + h * D + d, bf);
@@ -188,6 +213,10 @@ static int forward_range(const void *qkv, void *y, float *lse, int T, int H, int
         for (int i0 = 0; i0 < T; i0 += R) {
             const int rows = T - i0 < R ? T - i0 : R;
             const int lo = first_key(i0, window), n = round8(i0 + rows - lo);
+            if (i0 + AHEAD + R <= T) {
+                prefetch_rows(qkv, base + (size_t)(i0 + AHEAD) * rs + h * D, rs, R, D, bf);
+                prefetch_rows(y, ((size_t)b * T + i0 + AHEAD) * C + h * D, C, R, D, bf);
+            }
             for (int r = 0; r < R; r++) {  /* rows past T repeat the last one; their results are dropped */
                 const size_t qi = base + (size_t)(i0 + (r < rows ? r : rows - 1)) * rs + h * D;
                 for (int d = 0; d < D; d++) Q[r * DP + d] = ld(qkv, qi + d, bf) * scale;
@@ -238,6 +267,13 @@ static int backward_range(const void *qkv, const void *y, const void *dy, const 
             const int rows = T - i0 < R ? T - i0 : R;
             const int lo = first_key(i0, window), n = round8(i0 + rows - lo);
             float delta[R];
+            if (i0 + AHEAD + R <= T) {
+                const size_t ahead = (size_t)b * T + i0 + AHEAD;
+                prefetch_rows(qkv, base + (size_t)(i0 + AHEAD) * rs + h * D, rs, R, D, bf);
+                prefetch_rows(dy, ahead * C + h * D, C, R, D, bf);
+                prefetch_rows(y, ahead * C + h * D, C, R, D, bf);
+                prefetch_rows(dqkv, base + (size_t)(i0 + AHEAD) * rs + h * D, rs, R, D, bf);
+            }
             for (int r = 0; r < R; r++) {
                 const int i = i0 + (r < rows ? r : rows - 1);
                 const size_t qi = base + (size_t)i * rs + h * D, yi = ((size_t)b * T + i) * C + h * D;
