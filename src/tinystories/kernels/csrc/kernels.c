@@ -306,6 +306,10 @@ static int backward_range(const void *qkv, const void *y, const void *dy, const 
         }
         for (int t = 0; t < T; t++) {
             const size_t row = base + t * rs;
+            if (t + AHEAD < T) {
+                prefetch_rows(dqkv, row + AHEAD * rs + C + h * D, rs, 1, D, bf);
+                prefetch_rows(dqkv, row + AHEAD * rs + 2 * C + h * D, rs, 1, D, bf);
+            }
             for (int d = 0; d < D; d++) {
                 st(dqkv, row + C + h * D + d, dKT[(size_t)d * TP + t], bf);
                 st(dqkv, row + 2 * C + h * D + d, dVT[(size_t)d * TP + t], bf);
