@@ -377,6 +377,11 @@ def run_one(res: Results, spec: Spec, budget_s: float, work: Path, eval_tokens: 
     except TrainingDiverged as e:
         rec.update(bpb=None, diverged=str(e))
     else:
+        if s.get("stopped") == "interrupted":
+            # Ctrl-C / SIGTERM: train stopped early and saved; that is not a finished run (one was once
+            # recorded at 2.03 bpb after 23 s of a 10-minute budget), so record nothing: a resumed sweep
+            # runs it again
+            raise KeyboardInterrupt(f"{key}: interrupted after {s['time_s']:.0f}s; not recorded")
         rec.update(bpb=s.get("val_bpb"), val_loss=s.get("val_loss"), val_tokens=s.get("val_tokens"),
                    steps=s["steps"], tokens=s["tokens"], tokens_per_s=s["tokens_per_s"], train_s=s["time_s"],
                    flops=s["tokens"] * rec["flops_per_token"], epochs=s["tokens"] / _train_tokens(data))

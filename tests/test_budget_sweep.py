@@ -4,6 +4,8 @@ rung gets, and when the table takes the modern block."""
 from __future__ import annotations
 
 import dataclasses
+
+import pytest
 import sys
 from pathlib import Path
 
@@ -147,3 +149,34 @@ def test_the_muon_sweeps_report_writes_the_table_the_markdown_and_the_plot(tmp_p
     assert "| 10m00s | 4096 | 1 | 192 x 4, 6 heads of 32 |" in md
     assert "two seeds): 0.004 bits per byte" in md  # 0.890 against 0.886
     assert (tmp_path / "budget_sweep_muon.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_an_interrupted_run_is_not_recorded_as_finished(tiny_data, tmp_path):
+    """SIGTERM (what stopping a sweep sends) makes train finish its step and return early; the sweep must
+    not take that for a finished run (it once recorded a 10-minute run at 2.03 bpb after 23 s)."""
+    import os
+    import signal
+    import threading
+    import time
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "data-v512").symlink_to(tiny_data)
+    res = bs.Results(tmp_path / "r.jsonl")
+    spec = bs.Spec(32, 1, 16, 0.002, context=64, vocab=512, **bs.MUON)
+    metrics = work / "runs" / spec.key(120.0) / "metrics.jsonl"
+
+    def stop_once_training():
+        deadline = time.time() + 60
+        while not metrics.is_file() and time.time() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    stopper = threading.Thread(target=stop_once_training)
+    stopper.start()
+    try:
+        with pytest.raises(KeyboardInterrupt, match="not recorded"):
+            bs.run_one(res, spec, 120.0, work)
+    finally:
+        stopper.join()
+    assert not res.runs() and not res.done(spec.key(120.0))  # a resumed sweep runs it again
