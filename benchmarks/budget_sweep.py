@@ -281,10 +281,14 @@ def muon_stages(res: Results, budgets: list[float], keep: list[int], shapes=MUON
     b0 = budgets[0]
     yield "shapes and vocabularies", [(Spec(h, L, hs, lr_prior(h, "muon"), vocab=v, **MUON), b0)
                                       for h, L, hs in shapes for v in vocabs]
-    # the best two at their prior rate: picked from the refinement's own runs, a resumed sweep would
-    # refine a refined rate again
-    top = [s for s in res.best_specs(b0, len(shapes) * len(vocabs) * 3, **where)
-           if s.lr == lr_prior(s.hidden, "muon")][:2]
+    # the best two pairs ranked by their prior-rate runs only: ranked by each pair's best run, a pair
+    # whose refined rate won dropped out and the next pair was refined too (the sweep's resume did that)
+    top: list[Spec] = []
+    for r in sorted(res.runs(b0, seed=1337, **where), key=lambda r: r["bpb"]):
+        s = spec_of(r)
+        if s.lr == lr_prior(s.hidden, "muon") and all((t.shape(), t.vocab) != (s.shape(), s.vocab) for t in top):
+            top.append(s)
+    top = top[:2]
     yield "learning rates", [(s.with_(lr=round(s.lr * m, 6)), b0) for s in top for m in (0.5, 2.0)]
     lead = res.best_specs(b0, 1, **where)
     yield "seeds", [(lead[0].with_(seed=SEEDS[0]), b0)] if lead else []

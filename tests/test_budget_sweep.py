@@ -180,3 +180,20 @@ def test_an_interrupted_run_is_not_recorded_as_finished(tiny_data, tmp_path):
     finally:
         stopper.join()
     assert not res.runs() and not res.done(spec.key(120.0))  # a resumed sweep runs it again
+
+
+def test_the_muon_rate_stage_stays_the_same_once_a_refined_rate_wins(tmp_path):
+    """The rate stage refines the best two pairs at their prior rate. Once one pair's refined rate beats
+    its prior, a resumed sweep must not drop that pair and refine the third one too (it once did)."""
+    res = bs.Results(tmp_path / "m.jsonl")
+    shapes = [(96, 4, 32), (128, 4, 32)]
+    add_muon_run(res, muon(128, 4, 4096), 300, 0.863)
+    add_muon_run(res, muon(96, 4, 4096), 300, 0.869)
+    add_muon_run(res, muon(128, 4, 8192), 300, 0.870)
+    add_muon_run(res, muon(96, 4, 8192), 300, 0.880)
+    rates = dict(bs.muon_stages(res, [300, 600], [1], shapes=shapes))["learning rates"]
+    assert {(s.hidden, s.vocab) for s, _ in rates} == {(128, 4096), (96, 4096)} and len(rates) == 4
+    for spec, budget in rates:  # the refinement runs; 96x4 at twice its rate wins the rung
+        add_muon_run(res, spec, budget, 0.858 if spec.hidden == 96 and spec.lr > bs.lr_prior(96, "muon") else 0.9)
+    again = dict(bs.muon_stages(res, [300, 600], [1], shapes=shapes))["learning rates"]
+    assert again == rates and all(res.done(s.key(b)) for s, b in again)  # nothing new to run
