@@ -200,12 +200,14 @@ class Results:
         return [spec_of(r) for r in ranked[:n]]
 
 
-    def best_specs(self, budget_s: float, n: int, **where) -> list[Spec]:
-        """The n best (shape, vocabulary) pairs at a budget among runs matching `where` (seed 1337), each
-        with its best run's spec."""
+    def best_specs(self, budget_s: float, n: int, keep=None, **where) -> list[Spec]:
+        """The n best (shape, vocabulary) pairs at a budget among runs matching `where` (seed 1337) and,
+        if given, the predicate `keep`, each with its best such run's spec."""
         best: dict[tuple, dict] = {}
         for r in self.runs(budget_s, seed=1337, **where):
             s = spec_of(r)
+            if keep is not None and not keep(s):
+                continue
             if (s.shape(), s.vocab) not in best or r["bpb"] < best[(s.shape(), s.vocab)]["bpb"]:
                 best[(s.shape(), s.vocab)] = r
         return [spec_of(r) for r in sorted(best.values(), key=lambda r: r["bpb"])[:n]]
@@ -283,12 +285,7 @@ def muon_stages(res: Results, budgets: list[float], keep: list[int], shapes=MUON
                                       for h, L, hs in shapes for v in vocabs]
     # the best two pairs ranked by their prior-rate runs only: ranked by each pair's best run, a pair
     # whose refined rate won dropped out and the next pair was refined too (the sweep's resume did that)
-    top: list[Spec] = []
-    for r in sorted(res.runs(b0, seed=1337, **where), key=lambda r: r["bpb"]):
-        s = spec_of(r)
-        if s.lr == lr_prior(s.hidden, "muon") and all((t.shape(), t.vocab) != (s.shape(), s.vocab) for t in top):
-            top.append(s)
-    top = top[:2]
+    top = res.best_specs(b0, 2, keep=lambda s: s.lr == lr_prior(s.hidden, "muon"), **where)
     yield "learning rates", [(s.with_(lr=round(s.lr * m, 6)), b0) for s in top for m in (0.5, 2.0)]
     lead = res.best_specs(b0, 1, **where)
     yield "seeds", [(lead[0].with_(seed=SEEDS[0]), b0)] if lead else []

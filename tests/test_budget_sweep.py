@@ -4,10 +4,10 @@ rung gets, and when the table takes the modern block."""
 from __future__ import annotations
 
 import dataclasses
-
-import pytest
 import sys
 from pathlib import Path
+
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
