@@ -20,7 +20,7 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
-from conftest import VALID_TXT, LocalServer, cli_env, run_cli
+from conftest import VALID_TXT, LocalServer, _head_stories, cli_env, run_cli
 
 from tinystories.cli import main
 from tinystories.data.instruct.records import parse_record, split_records
@@ -372,7 +372,7 @@ def test_instruct_records_go_into_prepare(server, vocab_file, tmp_path, capsys):
     # carries the request's serial, which the concurrent requests' order decides; one order in about six
     # left val empty (0.8^8), which is what failed a CI run with exit 2
     val = tmp_path / "val.txt"
-    val.write_text("\n<|endoftext|>\n".join(VALID_TXT.read_text().split("<|endoftext|>")[:3]))
+    val.write_text("".join(f"{s}\n<|endoftext|>\n" for s in _head_stories(VALID_TXT, 3)), encoding="utf-8")
     rc, _, err = cli(capsys, "prepare", out, "--out", tmp_path / "d", "--vocab-size", 300, "--val", val)
     assert rc == 0, err
     meta = json.loads((tmp_path / "d" / "meta.json").read_text())

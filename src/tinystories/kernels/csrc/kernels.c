@@ -121,8 +121,9 @@ static inline float max_run(const void *p, size_t off, int n, int bf) {
    16 and of 48, bf16, Zen 4), the same results to the bit. */
 
 /* S[r][j] = sum_d A[r][d] * M[d][j] for r < R, j < n (rounded up to 8); M offset to the first key */
-static __attribute__((noinline)) void block_dot(float *restrict S, int ls, const float *restrict A, const float *restrict M, int D,
-                             int TP, int n) {
+static __attribute__((noinline))
+void block_dot(float *restrict S, int ls, const float *restrict A, const float *restrict M, int D,
+               int TP, int n) {
     for (int j = 0; j < n; j += 8) {
         v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
         for (int d = 0; d < D; d++) {
@@ -134,8 +135,9 @@ static __attribute__((noinline)) void block_dot(float *restrict S, int ls, const
 }
 
 /* O[r][d] = sum_j P[r][j] * M[d][j] for r < R, d < D (even), j < n (rounded up to 8) */
-static __attribute__((noinline)) void block_reduce(float *restrict O, const float *restrict P, int lp, const float *restrict M, int D,
-                                int TP, int n) {
+static __attribute__((noinline))
+void block_reduce(float *restrict O, const float *restrict P, int lp, const float *restrict M, int D,
+                  int TP, int n) {
     for (int d = 0; d < D; d += 2) {
         const float *m0 = M + (size_t)d * TP, *m1 = m0 + TP;
         v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};
@@ -151,8 +153,9 @@ static __attribute__((noinline)) void block_reduce(float *restrict O, const floa
 }
 
 /* M[d][j] += sum_r A[r][d] * P[r][j] for d < D (even), j < n (rounded up to 8) */
-static __attribute__((noinline)) void block_outer(float *restrict M, int TP, const float *restrict A, const float *restrict P, int lp,
-                               int D, int n) {
+static __attribute__((noinline))
+void block_outer(float *restrict M, int TP, const float *restrict A, const float *restrict P, int lp,
+                 int D, int n) {
     for (int d = 0; d < D; d += 2) {
         float *m0 = M + (size_t)d * TP, *m1 = m0 + TP;
         const float x0 = A[d], x1 = A[D + d], x2 = A[2 * D + d], x3 = A[3 * D + d];
