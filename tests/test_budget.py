@@ -270,6 +270,27 @@ def test_a_keep_best_row_gives_the_run_keep_best_and_enough_validation_passes(ti
     assert cfg.keep_best is False and choice["kept"] == ["keep_best"]
 
 
+def test_plan_reserves_time_for_the_last_validation_pass_over_all_of_val(tiny_data):
+    """The last periodic pass may start just before the deadline, so the plan keeps its time out of training.
+    eval_tokens=None (every pass over all of val.bin) is the longest pass; it once reserved nothing for it."""
+    from tinystories.data.prepare import load_data_dir
+
+    data = load_data_dir(tiny_data)
+    table = _table()
+    table.rows = table.rows[:1]
+
+    def planned(**kw):
+        cfg = TrainConfig(data=str(tiny_data), out="x", max_time=120, threads=1, given=list(kw), **kw)
+        return plan(cfg, data, torch.device("cpu"), table=table, say=lambda line: None)[1]
+
+    whole = planned(eval_tokens=None, eval_every=10)
+    pass_s = len(data.val) / (2.5 * whole["expected_tokens_per_s"])  # forward only, as the plan counts it
+    assert whole["eval_s"] == pytest.approx(pass_s, rel=1e-2, abs=2e-4) and whole["eval_s"] > 0
+    some = planned(eval_tokens=1024, eval_every=10)
+    assert some["eval_s"] == pytest.approx(1024 / (2.5 * some["expected_tokens_per_s"]), rel=1e-2, abs=2e-4)
+    assert planned(eval_tokens=None, eval_every=0)["eval_s"] == 0  # no periodic passes, nothing to reserve
+
+
 # --------------------------------------------------------------------------- the modern block
 
 def _modern(**kw) -> GPTNeo:

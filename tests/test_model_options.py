@@ -192,6 +192,35 @@ def test_every_option_decodes_through_forward_and_the_cache_agrees():
 
 
 @pytest.mark.parametrize("position", ["learned", "rope"])
+def test_qk_norm_and_value_embeddings_train_on_the_fused_kernel_with_sdpas_numbers(position, monkeypatch):
+    """qk_norm and value embeddings are applied in the projection's layout and then take the fused CPU
+    kernel (they once fell back to SDPA, 0.76-0.79x the plain block's speed); loss and every gradient equal
+    the SDPA path's."""
+    from tinystories.kernels import cpu as kernels
+
+    if not kernels.attention_available():
+        pytest.skip("no C compiler: the kernel cannot build here")
+    ids = _ids(40)
+    for kw in ({"qk_norm": True}, {"value_embeddings": True}, {"qk_norm": True, "value_embeddings": True}):
+        model = _model(position=position, **kw).train()
+
+        def loss_and_grads():
+            loss = model(ids[:, :-1], ids[:, 1:])
+            return loss, torch.autograd.grad(loss, list(model.parameters()))
+
+        with torch.profiler.profile() as prof:
+            fused, g_fused = loss_and_grads()
+        assert any("tinystories::attention_bwd" in e.name for e in prof.events()), kw  # the kernel ran
+        monkeypatch.setenv("TINYSTORIES_KERNELS", "0")
+        assert not kernels.attention_available()
+        sdpa, g_sdpa = loss_and_grads()
+        monkeypatch.delenv("TINYSTORIES_KERNELS")
+        assert abs(fused.item() - sdpa.item()) < 1e-5, kw
+        for a, b in zip(g_fused, g_sdpa):
+            assert (a - b).abs().max() < 1e-5, kw
+
+
+@pytest.mark.parametrize("position", ["learned", "rope"])
 def test_attn_dropout_zero_leaves_the_attention_probabilities_whole(position):
     """dropout 0.5 with attn_dropout 0: the attention output, in training, is its eval output with each
     element zeroed or doubled (the residual dropout alone). With the attention probabilities dropped too,

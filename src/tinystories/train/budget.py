@@ -338,7 +338,9 @@ def plan(cfg, data, device, *, table: Table | None = None, say: Callable[[str], 
         eval_every = max(1, int(rough_steps // (passes + 1)))
     else:
         eval_every = int(rough_steps // (EVALS_PER_RUN + 1)) if rough_steps >= MIN_STEPS_FOR_EVALS else 0
-    eval_s = pass_s if eval_every and eval_tokens else 0.0
+    # the last periodic pass may start just before the deadline; eval_tokens=None passes over all of val.bin,
+    # the longest pass of all, so it is reserved too (it once reserved nothing for it)
+    eval_s = pass_s if eval_every else 0.0
     train_s = left - 1.0 - step_s - eval_s  # end by the deadline: the last step and eval may start late
     if train_s < 2 * step_s:
         raise UserError(f"--max-time {format_duration(budget)}: too short to train anything here "
@@ -365,6 +367,7 @@ def plan(cfg, data, device, *, table: Table | None = None, say: Callable[[str], 
     kept = sorted(user | {f"model.{k}" for k in user_model if k in _PICKED_MODEL or k in row.block})
     choice = {
         "budget_s": budget, "deadline": round(t_start + budget, 3), "train_s": round(train_s, 3),
+        "eval_s": round(eval_s, 4),
         "label": f"auto {shape.label()}",
         "probe": pr.to_dict(), "compute": compute, "row": dataclasses.asdict(row), "kept": kept,
         "table_machine": table.machine, "expected_tokens_per_s": round(tps, 1),
