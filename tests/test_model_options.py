@@ -194,7 +194,7 @@ def test_every_option_decodes_through_forward_and_the_cache_agrees():
 @pytest.mark.parametrize("position", ["learned", "rope"])
 def test_qk_norm_and_value_embeddings_train_on_the_fused_kernel_with_sdpas_numbers(position, monkeypatch):
     """qk_norm and value embeddings are applied in the projection's layout and then take the fused CPU
-    kernel (they once fell back to SDPA, 0.76-0.79x the plain block's speed); loss and every gradient equal
+    kernel (they once fell back to SDPA, 0.76-0.78x the plain block's speed); loss and every gradient equal
     the SDPA path's."""
     from tinystories.kernels import cpu as kernels
 
