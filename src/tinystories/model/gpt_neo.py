@@ -169,7 +169,7 @@ class SelfAttention(nn.Module):
                 and kernels.use_attention_kernel(qkv, self.head_dim, dropout)):
             # a fresh sequence on a CPU: the fused kernel (same math, no head transposes). qk_norm, value
             # embeddings and rope are applied in the projection's layout first, in the order the SDPA path
-            # below applies them; on SDPA instead they trained at 0.76-0.79x the plain block's tokens/s
+            # below applies them; on SDPA instead they trained at 0.76-0.78x the plain block's tokens/s
             if p.rope is not None or self.qk_norm or p.ve is not None:
                 qk, v = qkv.view(B, T, 3, self.heads, self.head_dim).split((2, 1), dim=2)
                 if self.qk_norm:
