@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
+from contextlib import contextmanager
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 
@@ -71,6 +74,24 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> N
 
 TINY_TRAIN_STORIES = 400
 TINY_VAL_STORIES = 100
+
+
+@contextmanager
+def sigterm_once_started(started: Path, timeout: float = 60):
+    """Send this process SIGTERM (what stopping a sweep or an ablation sends) once `started` exists, i.e.
+    once training has begun; the body runs meanwhile and the sender is joined on the way out."""
+    def stop():
+        deadline = time.time() + timeout
+        while not started.is_file() and time.time() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    sender = threading.Thread(target=stop)
+    sender.start()
+    try:
+        yield
+    finally:
+        sender.join()
 
 
 def _head_stories(path: Path, n: int) -> list[str]:

@@ -4,14 +4,11 @@ resumes, what it refuses to record, and the verdict rule its table applies."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
+from conftest import sigterm_once_started
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -24,21 +21,9 @@ def test_an_interrupted_run_records_nothing_and_a_rerun_finishes_it(tiny_data, t
     results, work = tmp_path / "ablation.jsonl", tmp_path / "work"
     argv = ["--data", str(tiny_data), "--only", "baseline", "--seeds", "1", "--smoke", "--budget", "8s",
             "--results", str(results), "--work", str(work)]
-    metrics = work / "baseline-s1" / "metrics.jsonl"
-
-    def stop_once_training():
-        deadline = time.time() + 60
-        while not metrics.is_file() and time.time() < deadline:
-            time.sleep(0.05)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    stopper = threading.Thread(target=stop_once_training)
-    stopper.start()
-    try:
+    with sigterm_once_started(work / "baseline-s1" / "metrics.jsonl"):
         with pytest.raises(KeyboardInterrupt, match="not recorded"):
             ablation.main(argv)
-    finally:
-        stopper.join()
     assert not results.exists() or not results.read_text().strip()
 
     ablation.main(argv)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import sigterm_once_started
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -154,31 +155,14 @@ def test_the_muon_sweeps_report_writes_the_table_the_markdown_and_the_plot(tmp_p
 def test_an_interrupted_run_is_not_recorded_as_finished(tiny_data, tmp_path):
     """SIGTERM (what stopping a sweep sends) makes train finish its step and return early; the sweep must
     not take that for a finished run (it once recorded a 10-minute run at 2.03 bpb after 23 s)."""
-    import os
-    import signal
-    import threading
-    import time
-
     work = tmp_path / "work"
     work.mkdir()
     (work / "data-v512").symlink_to(tiny_data)
     res = bs.Results(tmp_path / "r.jsonl")
     spec = bs.Spec(32, 1, 16, 0.002, context=64, vocab=512, **bs.MUON)
-    metrics = work / "runs" / spec.key(120.0) / "metrics.jsonl"
-
-    def stop_once_training():
-        deadline = time.time() + 60
-        while not metrics.is_file() and time.time() < deadline:
-            time.sleep(0.05)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    stopper = threading.Thread(target=stop_once_training)
-    stopper.start()
-    try:
+    with sigterm_once_started(work / "runs" / spec.key(120.0) / "metrics.jsonl"):
         with pytest.raises(KeyboardInterrupt, match="not recorded"):
             bs.run_one(res, spec, 120.0, work)
-    finally:
-        stopper.join()
     assert not res.runs() and not res.done(spec.key(120.0))  # a resumed sweep runs it again
 
 
