@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from budget_sweep import git_commit, machine
+from budget_sweep import git_commit, machine, refuse_interrupted
 
 from tinystories.runtime.console import format_duration, parse_duration
 
@@ -122,10 +122,7 @@ def run_one(data: Path, name: str, sets: list[str], seed: int, budget_s: float, 
     except TrainingDiverged as e:
         rec.update(bpb=None, diverged=str(e))
     else:
-        if s.get("stopped") == "interrupted":
-            # Ctrl-C / SIGTERM: train saved and returned early; recording that as a finished run would put
-            # a half-trained score in the table (budget_sweep.py once did), so record nothing and stop
-            raise KeyboardInterrupt(f"{name} seed {seed}: interrupted after {s['time_s']:.0f}s; not recorded")
+        refuse_interrupted(s, f"{name} seed {seed}")
         rec.update(bpb=s.get("val_bpb"), val_loss=s.get("val_loss"), steps=s["steps"], tokens=s["tokens"],
                    tokens_per_s=s["tokens_per_s"], parameters=s["parameters"], recipe=s.get("budget"))
     rec.update(wall_s=round(time.time() - t0, 1), loadavg=[round(load0, 2), round(os.getloadavg()[0], 2)],

@@ -348,6 +348,14 @@ def run_probe(res: Results, seconds: float = 10.0) -> None:
           f"{p.flops_per_s / 1e9:.1f} GFLOP/s", flush=True)
 
 
+def refuse_interrupted(summary: dict, what: str) -> None:
+    """KeyboardInterrupt if `train` was stopped (Ctrl-C / SIGTERM): it saved and returned early, and that
+    is not a finished run (one was once recorded at 2.03 bpb after 23 s of a 10-minute budget), so the
+    caller records nothing and a resumed sweep or ablation runs it again."""
+    if summary.get("stopped") == "interrupted":
+        raise KeyboardInterrupt(f"{what}: interrupted after {summary['time_s']:.0f}s; not recorded")
+
+
 def run_one(res: Results, spec: Spec, budget_s: float, work: Path, eval_tokens: int | None = None) -> None:
     import torch
 
@@ -378,11 +386,7 @@ def run_one(res: Results, spec: Spec, budget_s: float, work: Path, eval_tokens: 
     except TrainingDiverged as e:
         rec.update(bpb=None, diverged=str(e))
     else:
-        if s.get("stopped") == "interrupted":
-            # Ctrl-C / SIGTERM: train stopped early and saved; that is not a finished run (one was once
-            # recorded at 2.03 bpb after 23 s of a 10-minute budget), so record nothing: a resumed sweep
-            # runs it again
-            raise KeyboardInterrupt(f"{key}: interrupted after {s['time_s']:.0f}s; not recorded")
+        refuse_interrupted(s, key)
         rec.update(bpb=s.get("val_bpb"), val_loss=s.get("val_loss"), val_tokens=s.get("val_tokens"),
                    steps=s["steps"], tokens=s["tokens"], tokens_per_s=s["tokens_per_s"], train_s=s["time_s"],
                    flops=s["tokens"] * rec["flops_per_token"], epochs=s["tokens"] / _train_tokens(data))
