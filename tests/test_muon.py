@@ -19,7 +19,8 @@ from tinystories.model.gpt_neo import GPTNeo
 from tinystories.model.modeldir import load_model
 from tinystories.train.config import TrainConfig
 from tinystories.train.loop import train
-from tinystories.train.optim import MuonAdamW, is_hidden_matrix, make_optimizer
+from tinystories.runtime.device import cpu_has_bf16
+from tinystories.train.optim import Muon, MuonAdamW, is_hidden_matrix, make_optimizer, newton_schulz_dtype
 from tinystories.train.schedule import lr_at
 
 TINY = {"preset": "1M", "model": {"hidden": 32, "layers": 2, "heads": 2, "context": 64, "tie_embeddings": False},
@@ -75,12 +76,45 @@ def test_muon_takes_exactly_the_hidden_matrices_and_steps_like_its_parts():
         m(ids[:, :-1], ids[:, 1:]).backward()
     for g in opt.param_groups:  # what the training loop does every step
         g["lr"] = 1e-3
+    opt.muon.ns_dtype = torch.bfloat16  # torch's own iteration (the fp32 one is checked below)
     opt.step()
     ref_muon.step()
     ref_adamw.step()
     for (n, a), b in zip(model.named_parameters(), twin.parameters()):
         assert torch.allclose(a, b, atol=1e-6), n
     assert all(g["lr"] == 1e-3 for g in opt.param_groups)  # the loop's value is left as it wrote it
+
+
+def _muon_steps(opt_cls, step, params0, grads, **kw) -> list[torch.Tensor]:
+    params = [torch.nn.Parameter(p.clone()) for p in params0]
+    opt = opt_cls(params, lr=2e-2, weight_decay=0.1, adjust_lr_fn="match_rms_adamw", **kw)
+    for g in grads:  # three steps, so the momentum buffers and nesterov carry over
+        for p, gi in zip(params, g):
+            p.grad = gi.clone()
+        step(opt)
+    return [p.detach() for p in params]
+
+
+def test_our_muon_step_is_torchs_update_and_runs_the_iteration_in_fp32_where_asked():
+    """`Muon.step_in(dtype)` is torch.optim.Muon's update with the Newton-Schulz iteration in `dtype`:
+    in bf16 it equals torch's step bit for bit (tall, wide and square matrices, three steps); in fp32 it
+    is the same update, computed without the bf16 rounding. On a CPU without bf16 instructions the
+    budget recipe's optimizer takes fp32 (torch emulates bf16 products there, ~25x slower)."""
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(48, 16), (16, 40), (24, 24)]
+    params0 = [torch.randn(s, generator=gen) for s in shapes]
+    grads = [[torch.randn(s, generator=gen) for s in shapes] for _ in range(3)]
+    ref = _muon_steps(torch.optim.Muon, lambda o: o.step(), params0, grads)
+    ours_bf16 = _muon_steps(Muon, lambda o: o.step_in(torch.bfloat16), params0, grads)
+    ours_fp32 = _muon_steps(Muon, lambda o: o.step(), params0, grads, ns_dtype=torch.float32)
+    for r, a, b, p0 in zip(ref, ours_bf16, ours_fp32, params0):
+        assert torch.equal(r, a)
+        assert 0 < (b - r).norm() < 0.03 * (r - p0).norm()   # the same update, without bf16's rounding
+    assert newton_schulz_dtype(torch.device("cpu")) == (torch.bfloat16 if cpu_has_bf16() else torch.float32)
+    assert newton_schulz_dtype(torch.device("cuda")) == torch.bfloat16
+    opt = make_optimizer(GPTNeo(ModelConfig(vocab_size=64, context=16, hidden=32, layers=1, heads=2)),
+                         TrainConfig(optimizer="muon"), torch.device("cpu"))
+    assert opt.muon.ns_dtype == newton_schulz_dtype(torch.device("cpu"))
 
 
 def test_resume_with_muon_is_bit_exact(tiny_data, tmp_path):
