@@ -338,10 +338,10 @@ def git_commit() -> str:
     return ""
 
 
-def run_probe(res: Results, seconds: float = 10.0) -> None:
-    from tinystories.train.budget import probe
+def run_probe(res: Results, seconds: float = 10.0, precision: str = "auto") -> None:
+    from tinystories.train.budget import probe, probe_precision
 
-    p = probe(seconds)
+    p = probe(seconds, precision=probe_precision(precision, DEFAULT_VOCAB, None, seconds / 4))
     res.add({"kind": "probe", **p.to_dict(), "machine": machine(), "loadavg": os.getloadavg()[0],
              "commit": git_commit(), "time": time.strftime("%Y-%m-%d %H:%M:%S")})
     print(f"probe: reference {REFERENCE['hidden']}x{REFERENCE['layers']} at {p.tokens_per_s:,.0f} tokens/s = "
@@ -356,31 +356,37 @@ def refuse_interrupted(summary: dict, what: str) -> None:
         raise KeyboardInterrupt(f"{what}: interrupted after {summary['time_s']:.0f}s; not recorded")
 
 
-def run_one(res: Results, spec: Spec, budget_s: float, work: Path, eval_tokens: int | None = None) -> None:
+def run_one(res: Results, spec: Spec, budget_s: float, work: Path, eval_tokens: int | None = None,
+            precision: str = "auto") -> None:
     import torch
 
-    from tinystories.train.budget import measure_speed, probe
+    from tinystories.train.budget import measure_speed, probe, probe_precision
+    from tinystories.train.precision import choose_precision
     from tinystories.train.config import TrainConfig
     from tinystories.train.loop import TrainingDiverged, train
 
     key = spec.key(budget_s)
     data = data_dir(work, spec.vocab)
     mcfg = spec.model_config()
-    # the machine's speed right now (a shared machine drifts): this run's budget in compute
-    ref = probe(3.0)
-    tps, _ = measure_speed(mcfg, spec.batch_size, spec.context, 3.0)
+    # the machine's speed right now (a shared machine drifts): this run's budget in compute. The probe runs
+    # in the precision the planner's probe will (`tinystories train --max-time`), and the speed estimate in
+    # the one this run trains in: a row's efficiency is its run's speed over its probe's, and an fp32 probe
+    # beside bf16 runs made the 5- and 10-minute rows expect 1.3-1.5x the speed they train at.
+    ref = probe(3.0, precision=probe_precision(precision, DEFAULT_VOCAB, None, 0.75))
+    tps, _ = measure_speed(mcfg, spec.batch_size, spec.context, 3.0, precision=choose_precision(
+        precision, mcfg, spec.batch_size, spec.context, torch.device("cpu"), seconds=0.75, say=lambda line: None).precision)
     steps = tps * budget_s / (spec.batch_size * spec.context)
     cfg = TrainConfig(data=str(data), out=str(work / "runs" / key), preset="1M", model=spec.model(),
                       batch_size=spec.batch_size, context=spec.context, lr=spec.lr, seed=spec.seed,
                       optimizer=spec.optimizer, lr_schedule=spec.lr_schedule,
                       warmup_steps=max(1, round(spec.warmup_frac * steps)), weight_decay=spec.weight_decay,
                       max_time=budget_s, eval_every=0, checkpoint_every=0, keep_checkpoints=1,
-                      final_eval_tokens=eval_tokens, samples=0)
+                      final_eval_tokens=eval_tokens, samples=0, precision=precision)
     load0, t0 = os.getloadavg()[0], time.time()
     rec = {"kind": "run", "key": key, "budget_s": budget_s, **dataclasses.asdict(spec), "heads": spec.heads,
            "params": sum(p for p in _params(mcfg).values()), "flops_per_token": train_flops_per_token(mcfg),
            "measured_tokens_per_s": round(tps, 1), "warmup_steps": cfg.warmup_steps,
-           "probe_flops_per_s": ref.flops_per_s, "compute": budget_s * ref.flops_per_s}
+           "probe_flops_per_s": ref.flops_per_s, "probe_precision": ref.precision, "compute": budget_s * ref.flops_per_s}
     try:
         s = train(cfg, force=True)
     except TrainingDiverged as e:
@@ -389,6 +395,7 @@ def run_one(res: Results, spec: Spec, budget_s: float, work: Path, eval_tokens: 
         refuse_interrupted(s, key)
         rec.update(bpb=s.get("val_bpb"), val_loss=s.get("val_loss"), val_tokens=s.get("val_tokens"),
                    steps=s["steps"], tokens=s["tokens"], tokens_per_s=s["tokens_per_s"], train_s=s["time_s"],
+                   precision=s.get("precision"),
                    flops=s["tokens"] * rec["flops_per_token"], epochs=s["tokens"] / _train_tokens(data))
     rec.update(wall_s=round(time.time() - t0, 1), loadavg=[round(load0, 2), round(os.getloadavg()[0], 2)],
                threads=torch.get_num_threads(), commit=git_commit(), time=time.strftime("%Y-%m-%d %H:%M:%S"))

@@ -166,6 +166,29 @@ def test_an_interrupted_run_is_not_recorded_as_finished(tiny_data, tmp_path):
     assert not res.runs() and not res.done(spec.key(120.0))  # a resumed sweep runs it again
 
 
+def test_a_runs_probe_measures_in_the_precision_the_planner_probes_and_trains_in(tiny_data, tmp_path):
+    """A row's efficiency is its run's speed over its probe's, and `train --max-time` multiplies it by a probe
+    taken in the precision it trains in. The Muon sweep once probed in fp32 beside runs that trained in bf16,
+    so its rows expected 1.3-1.5x the speed they trained at. Asked for bf16 (any CPU runs it, slowly without the
+    instructions), a run's probe and its training are both bf16, and the row carries their ratio."""
+    from tinystories.model.config import ModelConfig
+    from tinystories.train.budget import train_flops_per_token
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "data-v512").symlink_to(tiny_data)
+    res = bs.Results(tmp_path / "r.jsonl")
+    spec = bs.Spec(32, 1, 16, 0.002, context=64, vocab=512, **bs.MUON)
+    bs.run_one(res, spec, 4.0, work, eval_tokens=2048, precision="bf16")
+    [rec] = res.runs()
+    assert rec["probe_precision"] == rec["precision"] == "bf16" and rec["tokens"] > 0
+    bs.run_probe(res, 1.0, precision="bf16")  # the sweep's probe between stages (the table's machine speed)
+    assert res.probes()[0]["precision"] == "bf16"
+    [row] = bs.write_muon_rows(res, tmp_path / "table.json").rows
+    per_token = train_flops_per_token(ModelConfig(**{**spec.model(), "vocab_size": 512}))
+    assert row.efficiency == pytest.approx(rec["tokens_per_s"] * per_token / rec["probe_flops_per_s"], rel=1e-3)
+
+
 def test_the_muon_rate_stage_stays_the_same_once_a_refined_rate_wins(tmp_path):
     """The rate stage refines the best two pairs at their prior rate. Once one pair's refined rate beats
     its prior, a resumed sweep must not drop that pair and refine the third one too (it once did)."""

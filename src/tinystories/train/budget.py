@@ -379,6 +379,17 @@ def plan(cfg, data, device, *, table: Table | None = None, say: Callable[[str], 
     return new, choice
 
 
+def probe_precision(requested: str, vocab_size: int, device, seconds: float) -> str:
+    """The precision the probe runs in: training's measured decision for the reference model (cached), timed
+    briefly since a short budget cannot spare seconds, and quiet (the budget line names it). A row's speed
+    relative to the probe means something only when the row's run and its probe ran in one precision: the
+    Muon sweep's probes ran in fp32 while its runs trained in bf16, so its rows expected 1.3-1.5x their speed."""
+    import torch
+
+    return choose_precision(requested, reference_config(vocab_size), REFERENCE["batch_size"], REFERENCE["context"],
+                            torch.device(device or "cpu"), seconds=seconds, say=lambda line: None).precision
+
+
 def _probe_as_training(cfg, device, world: int, table: Table, budget: float, say) -> Probe:
     """The speed probe, run as training will: same device, threads and precision."""
     import torch
@@ -393,10 +404,7 @@ def _probe_as_training(cfg, device, world: int, table: Table, budget: float, say
             torch.set_num_threads(max(1, physical_cores() // world))
     try:
         probe_s = min(MAX_PROBE_S, max(MIN_PROBE_S, PROBE_FRACTION * budget))
-        # the same measured decision as training (cached), timed briefly: a short budget cannot spare seconds.
-        # Quiet: the budget line names the precision, and training reports its own model's decision.
-        precision = choose_precision(cfg.precision, reference_config(table.vocab_size), REFERENCE["batch_size"],
-                                     REFERENCE["context"], device, seconds=probe_s / 4, say=lambda line: None).precision
+        precision = probe_precision(cfg.precision, table.vocab_size, device, probe_s / 4)
         return probe(probe_s, device, precision, table.vocab_size)
     finally:
         torch.set_num_threads(old_threads)
