@@ -110,6 +110,11 @@ def test_our_muon_step_is_torchs_update_and_runs_the_iteration_in_fp32_where_ask
     for r, a, b, p0 in zip(ref, ours_bf16, ours_fp32, params0):
         assert torch.equal(r, a)
         assert 0 < (b - r).norm() < 0.03 * (r - p0).norm()   # the same update, without bf16's rounding
+    # without nesterov the iteration starts from the momentum buffer itself, which the next step must find unchanged
+    plain = _muon_steps(Muon, lambda o: o.step(), params0, grads[:2], ns_dtype=torch.float32, nesterov=False)
+    torch_plain = _muon_steps(torch.optim.Muon, lambda o: o.step(), params0, grads[:2], nesterov=False)
+    for a, r, p0 in zip(plain, torch_plain, params0):
+        assert (a - r).norm() < 0.03 * (r - p0).norm()
     assert newton_schulz_dtype(torch.device("cpu")) == (torch.bfloat16 if cpu_has_bf16() else torch.float32)
     assert newton_schulz_dtype(torch.device("cuda")) == torch.bfloat16
     opt = make_optimizer(GPTNeo(ModelConfig(vocab_size=64, context=16, hidden=32, layers=1, heads=2)),

@@ -121,7 +121,7 @@ def newton_schulz(g: torch.Tensor, coefficients: tuple[float, float, float], ste
     wide = g.size(0) > g.size(1)
     if wide:
         x = x.T
-    x.div_(x.norm().clamp(min=eps))  # spectral norm at most 1
+    x = x / x.norm().clamp(min=eps)  # spectral norm at most 1; not in place: in fp32 `x` may be the momentum buffer
     for _ in range(steps):
         gram = x @ x.T
         x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
