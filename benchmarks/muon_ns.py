@@ -20,6 +20,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from budget_sweep import machine  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     import torch
-    from torch.optim._muon import _zeropower_via_newtonschulz as torch_newton_schulz  # what Muon.step calls
+    from torch.optim import _muon  # torch's Muon: its iteration (what Muon.step calls) and its defaults
 
     from tinystories.model.config import ModelConfig
     from tinystories.model.gpt_neo import GPTNeo
@@ -38,13 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     from tinystories.train.optim import is_hidden_matrix, newton_schulz
 
     torch.set_num_threads(physical_cores())
-    coeffs, steps, eps = (3.4445, -4.7750, 2.0315), 5, 1e-7
-    ways = {"torch bf16": lambda g: torch_newton_schulz(g, coeffs, steps, eps),
+    coeffs, steps, eps = (_muon.DEFAULT_A, _muon.DEFAULT_B, _muon.DEFAULT_C), _muon.DEFAULT_NS_STEPS, _muon.EPS
+    ways = {"torch bf16": lambda g: _muon._zeropower_via_newtonschulz(g, coeffs, steps, eps),
             "ours fp32": lambda g: newton_schulz(g, coeffs, steps, eps, torch.float32)}
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    model_name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
-    print(f"CPU: {model_name}, bf16 instructions: {'yes' if cpu_has_bf16() else 'no'}; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"{machine()}; bf16 instructions: {'yes' if cpu_has_bf16() else 'no'}")
     print("\n| shape | matrices | torch bf16, ms/step | ours fp32, ms/step | bf16 / fp32 |\n|---|---|---|---|---|")
     for hidden in args.hidden:
         cfg = ModelConfig(vocab_size=4096, context=256, hidden=hidden, layers=args.layers, heads=hidden // 32,
