@@ -70,7 +70,6 @@ def run(args: TrainArgs) -> int:
     max_time = parse_duration(args.max_time, "--max-time") if args.max_time is not None else None
 
     from ..train.config import CONFIG_FILE, build_config
-    from ..train.loop import train
 
     base = None
     if args.resume:
@@ -84,6 +83,8 @@ def run(args: TrainArgs) -> int:
     cfg = build_config(recipe=args.config, sets=args.sets, base=base, data=args.data, out=args.out,
                        preset=args.preset, max_steps=args.max_steps, max_tokens=max_tokens, max_time=max_time,
                        device=args.device)
+    from ..train.loop import train  # torch: after the settings are checked, so a bad one fails in a moment
+
     summary = train(cfg, resume=args.resume, force=args.force)
     if summary.get("processes", 1) > 1:
         import os

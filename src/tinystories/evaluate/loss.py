@@ -49,17 +49,17 @@ def is_data_dir(path: str | Path) -> bool:
 
 def evaluate_loss(cfg: LossConfig) -> dict:
     """Score the model on cfg.data; write loss.json/.md into the report dir and return the report."""
-    import torch
-
-    from .metrics import StreamLoss, stream_loss
-    from ..model.modeldir import load_model, model_config
-    from ..runtime.device import resolve_device
-
     model_dir = check_model_dir(cfg.model_dir)
     if cfg.max_tokens is not None and cfg.max_tokens < 1:
         raise UserError(f"--max-tokens must be positive, got {cfg.max_tokens}")
     if cfg.batch_size < 1:  # 0 would score nothing forever (a negative one hung the reader)
         raise UserError(f"--batch-size must be at least 1, got {cfg.batch_size}")
+    import torch  # after the checks: a bad option fails in a moment
+
+    from .metrics import StreamLoss, stream_loss
+    from ..model.modeldir import load_model, model_config
+    from ..runtime.device import resolve_device
+
     model, tok = load_model(model_dir, device=resolve_device(cfg.device))
     context = model_config(model).context
     if is_data_dir(cfg.data):      # other folders are sources (a local Hugging Face dataset)

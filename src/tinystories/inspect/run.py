@@ -52,7 +52,6 @@ def inspect_attention(model_dir: str | Path, *, text: str | None = None, prompt:
                       out: str | Path | None = None, device: str = "cpu") -> dict:
     """Attention of every head on one text (or a prompt and its greedy continuation), and the head
     table over `stories` held-out stories. Writes attention.html and attention.json into `out`."""
-    from .attention import head_summary, head_table, text_attention
     from .html import attention_page, heatmaps
     from .stories import TokenText, held_out_stories
 
@@ -65,6 +64,8 @@ def inspect_attention(model_dir: str | Path, *, text: str | None = None, prompt:
     _check(model_dir)
     source, held = held_out_stories(model_dir, data, stories)
     d = out_dir(model_dir, out)
+    from .attention import head_summary, head_table, text_attention  # torch: after the checks
+
     model, tok = _load(model_dir, device)
     cfg = model.config
     if prompt is not None:
@@ -95,7 +96,6 @@ def inspect_neurons(model_dir: str | Path, *, layer: int | None = None, neurons:
     """Top-k tokens of every MLP neuron of `layer` (default: the last) over `stories` held-out stories;
     the page shows `neurons` (default: the first two and the one with the largest activation)."""
     from .html import neurons_page
-    from .neurons import scan_neurons
     from .stories import held_out_stories
 
     if k < 1:
@@ -108,6 +108,8 @@ def inspect_neurons(model_dir: str | Path, *, layer: int | None = None, neurons:
     if bad:
         raise UserError(f"--neurons {bad[0]}: layer {layer} has neurons 0..{cfg.mlp_width - 1}")
     source, held = held_out_stories(model_dir, data, stories)
+    from .neurons import scan_neurons  # torch: after the checks
+
     model, tok = _load(model_dir, device)
     d = out_dir(model_dir, out)
     with progress(total=len(held), desc="inspect neurons", unit="story") as bar:

@@ -5,10 +5,15 @@ from __future__ import annotations
 import os
 import platform
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported where it is used, not here: every verb imports this module, and its one-line errors for
+# a bad path or option come before any model work. Importing torch first made each of them take 2.2 s.
 
 # ---------------------------------------------------------------- devices
 
@@ -85,6 +90,8 @@ def resolve_precision(name: str, device: torch.device) -> str:
     Training decides 'auto' on a CPU by timing its own model (train/precision.py)."""
     if name == "auto":
         if device.type == "cuda":
+            import torch
+
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         return "bf16" if device.type == "cpu" and cpu_has_bf16() else "fp32"
     if name == "fp16" and device.type != "cuda":
@@ -92,6 +99,13 @@ def resolve_precision(name: str, device: torch.device) -> str:
     return name
 
 
-AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+def __getattr__(name: str):
+    """AUTOCAST, the autocast dtype of each precision, built on first use (it needs torch)."""
+    if name == "AUTOCAST":
+        import torch
+
+        globals()["AUTOCAST"] = table = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+        return table
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
