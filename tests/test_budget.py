@@ -105,14 +105,18 @@ def test_only_a_time_limit_without_preset_asks_for_a_pick():
 
 def test_twenty_second_budget_ends_by_its_deadline(tiny_data, tmp_path):
     """The probe and the training both fit in the budget, the cosine reaches its floor at the end,
-    and a setting the user gave (lr) is kept while the rest is picked."""
+    and a setting the user gave (lr) is kept while the rest is picked: even one equal to the default (1e-3),
+    which only the command line's record of what was given tells apart from the table's rate."""
+    assert all(row.lr != 1e-3 for row in Table.load().rows)  # else the kept lr would prove nothing
     out = tmp_path / "run"
     proc = run_cli("train", "--data", tiny_data, "--max-time", "20s", "--out", out, "--json",
-                   "--set", "threads=1", "--set", "lr=0.002", "--set", "final_eval_tokens=4096",
+                   "--set", "threads=1", "--set", "lr=1e-3", "--set", "final_eval_tokens=4096",
                    "--set", "samples=0", "--set", "log_every=1", check=True)
-    assert "budget: picked hidden" in proc.stderr and "yours: lr" in proc.stderr
+    picked = next(line for line in proc.stderr.splitlines() if line.startswith("budget: picked hidden"))
+    assert "lr 0.001," in picked and "(yours: lr)" in picked, picked
     s = json.loads(proc.stdout)
     b = s["budget"]
+    assert b["lr"] == 1e-3 and "lr" not in b["picked"]
     # The run stops before a step would cross the deadline; the slack allows for the final checkpoint and for one
     # slow step on a loaded 2-core machine (tighter bounds flaked there), yet a run that ignored the deadline fails.
     assert s["ended_at"] <= b["deadline"] + 3.0, (s["ended_at"] - b["deadline"])
@@ -120,10 +124,10 @@ def test_twenty_second_budget_ends_by_its_deadline(tiny_data, tmp_path):
     assert s["stopped"] == "max_time" and s["steps"] >= 5 and s["time_s"] > 10  # most of it went to training
     assert s["preset"].startswith("auto ") and b["kept"] == ["lr"]
     cfg = json.loads((out / "train_config.json").read_text())
-    assert cfg["lr"] == 0.002 and cfg["model"]["hidden"] == b["row"]["hidden"]
+    assert cfg["lr"] == 1e-3 and "lr" in cfg["given"] and cfg["model"]["hidden"] == b["row"]["hidden"]
     assert cfg["batch_size"] == b["row"]["batch_size"] and cfg["context"] == b["row"]["context"]
     lrs = [r["lr"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "lr" in r]
-    floor = 0.002 * cfg["min_lr_ratio"]
+    floor = 1e-3 * cfg["min_lr_ratio"]
     assert lrs[-1] == pytest.approx(floor, rel=0.15)  # the schedule ran to the deadline
     # the run directory resumes as the same model (its saved config rebuilds the picked shape)
     again = run_cli("train", "--out", out, "--resume", "--max-steps", s["steps"] + 1, "--json", check=True)

@@ -474,8 +474,8 @@ def small_data(tmp_path_factory) -> Path:
 
 
 KEEP_BEST_RUN = {"max_steps": 200, "lr": 3e-3, "warmup_steps": 5, "lr_schedule": "constant", "eval_every": 20,
-                 "checkpoint_every": 80, "batch_size": 8, "samples": 0, "eval_tokens": 4096,
-                 "final_eval_tokens": 4096, "model": {"hidden": 128, "layers": 2, "heads": 4}}
+                 "checkpoint_every": 80, "batch_size": 8, "samples": 0, "eval_tokens": 2048,
+                 "final_eval_tokens": 2048, "model": {"hidden": 128, "layers": 2, "heads": 4}}
 
 
 def test_keep_best_makes_the_best_validated_weights_the_model(small_data, tmp_path):
@@ -499,17 +499,23 @@ def test_keep_best_makes_the_best_validated_weights_the_model(small_data, tmp_pa
     assert info["step"] == 200 and info["best"]["step"] == best_step
     assert not torch.equal(last["wte.weight"], best["wte.weight"])
 
-    # a run stopped at step 120 and resumed to 200 keeps the same step: the best so far is in the checkpoint
+    # The shorter runs below end at step 140, past the best step and worse than it (3.39-3.42 against
+    # 3.31-3.33 at step 100 on Zen 3 and Zen 4): the premise, checked on the full run's passes.
+    at = dict(vals)
+    assert best_step < 140 and at[140] > best_loss + 0.02, vals
+
+    # a run stopped at step 120 and resumed to 140 keeps the best step: the best so far is in the checkpoint
     resumed = tmp_path / "resumed"
     train(_cfg(small_data, resumed, keep_best=True, **{**KEEP_BEST_RUN, "max_steps": 120}))
-    again = train(_cfg(small_data, resumed, keep_best=True, **KEEP_BEST_RUN), resume=True)
-    assert again["kept"] == kept
+    again = train(_cfg(small_data, resumed, keep_best=True, **{**KEEP_BEST_RUN, "max_steps": 140}), resume=True)
+    assert again["kept"]["step"] == best_step and again["kept"]["val_loss"] == kept["val_loss"]
+    assert again["kept"]["last_val_loss"] == pytest.approx(at[140], abs=1e-6)
     assert torch.equal(load_model(resumed)[0].wte.weight, best["wte.weight"])
 
     # without keep_best the same run's model is the last step's
     plain = tmp_path / "plain"
-    summary = train(_cfg(small_data, plain, **KEEP_BEST_RUN))
-    assert "kept" not in summary and summary["val_loss"] == pytest.approx(vals[-1][1], abs=1e-5)
+    summary = train(_cfg(small_data, plain, **{**KEEP_BEST_RUN, "max_steps": 140}))
+    assert "kept" not in summary and summary["val_loss"] == pytest.approx(at[140], abs=1e-5)
     assert not (plain / "checkpoints" / ckpt.BEST_FILE).exists()
 
 
