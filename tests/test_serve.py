@@ -281,27 +281,37 @@ def test_disconnect_frees_the_row(server):
 
 
 def test_full_queue_gets_429_with_retry_after(tiny_model):
+    """One row decoding and one request waiting fill `--max-batch 1 --max-queue 1`; a third request gets 429
+    with Retry-After. The tiny model decodes its 500 tokens in about a second on 2 cores, so the queue is full
+    only that long: an attempt whose first request ended before the second was queued (a CI run once saw the
+    batch empty) is made again. Once the full queue is seen, the checks are strict."""
     srv = Server(tiny_model, "--max-batch", 1, "--max-queue", 1, "--threads", 1)
+    body = {"model": "tiny", "prompt": "Once", "max_tokens": 500, "stream": True, "ignore_eos": True}
     try:
-        # 500 tokens at one row per step: the batch stays full for the whole test
-        body = {"model": "tiny", "prompt": "Once", "max_tokens": 500, "stream": True, "ignore_eos": True}
-        with httpx.stream("POST", srv.url + "/v1/completions", json=body, timeout=30) as first:
-            lines = first.iter_lines()  # kept: a dropped iterator closes the stream, and the server cancels it
-            next(lines)  # decoding: the batch (one row) is full
-            waiting = threading.Thread(target=lambda: httpx.post(srv.url + "/v1/completions", timeout=60,
-                                                                 json={**body, "max_tokens": 3, "stream": False}))
-            waiting.start()
-            deadline = time.time() + 10
-            while srv.health()["queued"] < 1 and time.time() < deadline:
-                time.sleep(0.02)
-            h = srv.health()
-            assert (h["rows"], h["queued"]) == (1, 1), h
-            r = httpx.post(srv.url + "/v1/completions", json=body, timeout=30)
-            assert r.status_code == 429 and r.headers["retry-after"] == "1"
-            assert _error(r)["code"] == "queue_full"
-            with pytest.raises(openai.RateLimitError):
-                srv.client.completions.create(model="tiny", prompt="a", max_tokens=3)
-        waiting.join(60)
+        for _ in range(5):
+            with httpx.Client(base_url=srv.url, timeout=60) as waiter, \
+                    httpx.stream("POST", srv.url + "/v1/completions", json=body, timeout=30) as first:
+                lines = first.iter_lines()  # kept: a dropped iterator closes the stream, and the server cancels it
+                next(lines)  # decoding: the batch (one row) is full
+                waiting = threading.Thread(target=lambda: waiter.post("/v1/completions",
+                                                                      json={**body, "max_tokens": 3, "stream": False}))
+                waiting.start()
+                deadline = time.time() + 10
+                while (h := srv.health())["queued"] < 1 and h["rows"] == 1 and time.time() < deadline:
+                    time.sleep(0.01)
+                if h["rows"] == 0:  # the first request ended before the second came: try again
+                    waiting.join(60)
+                    continue
+                assert (h["rows"], h["queued"]) == (1, 1), h
+                r = httpx.post(srv.url + "/v1/completions", json=body, timeout=30)
+                assert r.status_code == 429 and r.headers["retry-after"] == "1"
+                assert _error(r)["code"] == "queue_full"
+                with pytest.raises(openai.RateLimitError):
+                    srv.client.completions.create(model="tiny", prompt="a", max_tokens=3)
+                waiting.join(60)  # served once the first is done; before `waiter` closes
+            break
+        else:
+            pytest.fail("in 5 tries the first request always ended before the second was queued")
     finally:
         code, err = srv.stop()
     assert code == 0 and "Traceback" not in err, err
