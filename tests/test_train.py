@@ -499,8 +499,8 @@ def test_keep_best_makes_the_best_validated_weights_the_model(small_data, tmp_pa
     assert info["step"] == 200 and info["best"]["step"] == best_step
     assert not torch.equal(last["wte.weight"], best["wte.weight"])
 
-    # The shorter runs below end at step 140, past the best step and worse than it (3.39-3.42 against
-    # 3.31-3.33 at step 100 on Zen 3 and Zen 4): the premise, checked on the full run's passes.
+    # The shorter runs below end at step 140, past the best step and worse than it (on a Zen 3: 3.39 against
+    # 3.31 at step 100): the premise, checked on the full run's passes, so another CPU's numbers cannot void it.
     at = dict(vals)
     assert best_step < 140 and at[140] > best_loss + 0.02, vals
 
@@ -508,7 +508,8 @@ def test_keep_best_makes_the_best_validated_weights_the_model(small_data, tmp_pa
     resumed = tmp_path / "resumed"
     train(_cfg(small_data, resumed, keep_best=True, **{**KEEP_BEST_RUN, "max_steps": 120}))
     again = train(_cfg(small_data, resumed, keep_best=True, **{**KEEP_BEST_RUN, "max_steps": 140}), resume=True)
-    assert again["kept"]["step"] == best_step and again["kept"]["val_loss"] == kept["val_loss"]
+    assert {k: again["kept"][k] for k in ("step", "tokens", "val_loss")} == \
+        {k: kept[k] for k in ("step", "tokens", "val_loss")}
     assert again["kept"]["last_val_loss"] == pytest.approx(at[140], abs=1e-6)
     assert torch.equal(load_model(resumed)[0].wte.weight, best["wte.weight"])
 
