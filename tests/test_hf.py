@@ -260,17 +260,22 @@ def test_export_with_the_gpt_neo_tokenizer(tmp_path):
                           "cannot be exported", "50258 tokens")
 
 
-# ------------------------------------------------------------------ Llama export (issue 17)
+# ------------------------------------------------------------------ Llama and Arcee export (issue 17)
 
+@pytest.mark.parametrize("mlp, cls", [("swiglu", "LlamaForCausalLM"), ("relu2", "ArceeForCausalLM"),
+                                      ("gelu", "ArceeForCausalLM")])
 @pytest.mark.parametrize("variant", [{}, {"tie_embeddings": False, "scale_attn": True, "attention": "global",
                                       "zero_init": True}])
-def test_modern_block_exports_as_llama_with_the_same_logits_and_greedy_text(variant, tok, tmp_path):
-    """rope + RMSNorm + SwiGLU (the budget recipe's block) is Llama's: AutoModelForCausalLM loads the
-    export as LlamaForCausalLM, the logits agree to 1e-4 and greedy decoding writes the same tokens."""
+def test_modern_block_exports_as_llama_with_the_same_logits_and_greedy_text(mlp, cls, variant, tok, tmp_path):
+    """rope + RMSNorm (the budget recipe's block) is Llama's: AutoModelForCausalLM loads the export as
+    LlamaForCausalLM with SwiGLU and as ArceeForCausalLM (Llama with a plain MLP) with ReLU^2 or GELU; the
+    logits agree to 1e-4 and greedy decoding writes the same tokens."""
     from tinystories.generate.sampling import generate, prompt_ids
 
+    if not hasattr(transformers, cls):
+        pytest.skip(f"transformers {transformers.__version__} has no {cls} (Arcee came in 4.53)")
     cfg = ModelConfig(vocab_size=VOCAB, context=128, hidden=64, layers=2, heads=4, window=128,
-                      position="rope", norm="rmsnorm", mlp="swiglu", **variant)
+                      position="rope", norm="rmsnorm", mlp=mlp, **variant)
     torch.manual_seed(2)
     model = GPTNeo(cfg).eval()
     with torch.no_grad():
@@ -278,9 +283,9 @@ def test_modern_block_exports_as_llama_with_the_same_logits_and_greedy_text(vari
             p.add_(torch.randn_like(p) * 0.05)
     save_model(tmp_path / "ours", model, tok)
     export_hf(tmp_path / "ours", tmp_path / "hf")
-    assert json.loads((tmp_path / "hf" / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["architectures"] == [cls]
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", local_files_only=True).eval()
-    assert type(hf).__name__ == "LlamaForCausalLM"
+    assert type(hf).__name__ == cls
     ids = torch.randint(0, VOCAB, (2, 128), generator=torch.Generator().manual_seed(3))
     back, _ = load_hf_dir(tmp_path / "hf")  # and the export reads back into our block
     again, _ = load_model(tmp_path / "hf")  # through the model directory too, so every verb takes it
@@ -304,10 +309,29 @@ def test_what_transformers_cannot_express_is_a_one_line_export_error(tok, tmp_pa
     cases = [({**llama, "window": 16}, "local window of 16 < context 64"),
              ({**llama, "qk_norm": True}, "qk_norm"),
              ({"value_embeddings": True, "logit_softcap": 30.0}, "value_embeddings, logit_softcap"),
-             ({"position": "rope"}, "position=rope, norm=layernorm, mlp=gelu")]
+             ({"position": "rope"}, "position=rope, norm=layernorm, mlp=gelu"),
+             ({"mlp": "relu2"}, "position=learned, norm=layernorm, mlp=relu2"),
+             ({"position": "rope", "norm": "rmsnorm", "mlp": "relu2", "window": 16}, "Arcee: layers [1] attend")]
     for i, (kw, needle) in enumerate(cases):
         save_model(tmp_path / f"m{i}", GPTNeo(ModelConfig(**base, **kw)), tok)
         with pytest.raises(UserError, match="cannot be exported") as e:  # the CLI prints it as one line
             export_hf(tmp_path / f"m{i}", tmp_path / f"x{i}")
         assert needle in str(e.value) and "\n" not in str(e.value)
         assert not (tmp_path / f"x{i}").exists()
+
+
+def test_an_arcee_config_our_block_cannot_run_is_a_one_line_error():
+    """Arcee's MLP takes any activation; we run ReLU^2 and tanh-GELU only, without grouped-query attention."""
+    from tinystories.model.hf import from_hf_config
+
+    cfg = ModelConfig(vocab_size=VOCAB, context=64, hidden=32, layers=2, heads=4, window=64, attention="global",
+                      position="rope", norm="rmsnorm", mlp="relu2")
+    good = to_hf_config(cfg)
+    assert (good["model_type"], good["hidden_act"], good["mlp_bias"]) == ("arcee", "relu2", True)
+    assert from_hf_config(good).mlp == "relu2"
+    assert from_hf_config({**good, "hidden_act": "gelu_pytorch_tanh"}).mlp == "gelu"
+    for change, needle in (({"hidden_act": "silu"}, "hidden_act 'silu'"),
+                           ({"num_key_value_heads": 2}, "grouped-query attention")):
+        with pytest.raises(UserError, match="only Arcee's plain block") as e:
+            from_hf_config({**good, **change})
+        assert needle in str(e.value) and "\n" not in str(e.value)

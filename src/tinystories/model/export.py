@@ -1,5 +1,6 @@
 """`tinystories export`: a model directory (ours, or a GPT-Neo one) as a `transformers` directory:
-GPTNeoForCausalLM for GPT-Neo's block, LlamaForCausalLM for rope + RMSNorm + SwiGLU (`hf.export_class`).
+GPTNeoForCausalLM for GPT-Neo's block, LlamaForCausalLM for rope + RMSNorm + SwiGLU, ArceeForCausalLM for
+rope + RMSNorm with ReLU^2 or GELU (`hf.export_class`).
 
 It reads through `modeldir` and converts through `hf`, so neither of those needs the other's export side.
 """
@@ -14,7 +15,7 @@ from .modeldir import check_model_dir, load_model
 
 
 def export_hf(model_dir: str | Path, out_dir: str | Path, force: bool = False) -> Path:
-    """Write `model_dir` (ours, or a GPT-Neo dir) as a transformers GPT-Neo or Llama directory at `out_dir`.
+    """Write `model_dir` (ours, or a GPT-Neo dir) as a transformers GPT-Neo, Llama or Arcee directory at `out_dir`.
 
     The result loads offline with AutoModelForCausalLM / AutoTokenizer.from_pretrained.
     """

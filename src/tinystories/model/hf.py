@@ -1,8 +1,10 @@
-"""Interop with `transformers`' GPTNeoForCausalLM: export our models, import theirs.
+"""Interop with `transformers`: export our models, import theirs.
 
 The paper's released checkpoints (roneneldan/TinyStories-*) are GPT-Neo directories:
 config.json (GPT-Neo fields), weights (model.safetensors or pytorch_model.bin) and
 tokenizer files. `WEIGHT_NAMES` below is the whole mapping between the two namings.
+The modern block (rope + RMSNorm) maps to Llama's names (`to_llama_state`): as LlamaForCausalLM with
+SwiGLU, as ArceeForCausalLM (Llama's block with a plain up/down MLP and any activation) with ReLU^2 or GELU.
 """
 
 from __future__ import annotations
@@ -62,27 +64,37 @@ def _expand(cfg: ModelConfig) -> list[tuple[str, str | tuple[str, ...]]]:
 
 # ------------------------------------------------------------------ config
 
+# The transformers class for each rope + RMSNorm MLP: SwiGLU is Llama's; Arcee (transformers >= 4.53) is
+# Llama with a plain up/down MLP whose activation is any of transformers' ACT2FN, biases optional.
+ROPE_CLASSES = {"swiglu": "LlamaForCausalLM", "relu2": "ArceeForCausalLM", "gelu": "ArceeForCausalLM"}
+ARCEE_ACT = {"relu2": "relu2", "gelu": "gelu_pytorch_tanh"}  # ours -> ACT2FN: relu(x)^2; gelu(x, tanh)
+
+
 def export_class(cfg: ModelConfig) -> str:
     """The `transformers` class that expresses `cfg` exactly, or a one-line UserError saying why none does.
 
-    GPT-Neo's block exports as GPTNeoForCausalLM. rope + RMSNorm + SwiGLU is Llama's block, so it exports
-    as LlamaForCausalLM when every layer sees the whole context (Llama has no local attention)."""
-    # zero_init only sets the starting weights: the trained model computes what the plain block does
-    options = [o for o in cfg.block_options if o != "zero_init"]
+    GPT-Neo's block exports as GPTNeoForCausalLM. rope + RMSNorm is Llama's block: with SwiGLU it exports as
+    LlamaForCausalLM, with ReLU^2 or GELU as ArceeForCausalLM, when every layer sees the whole context
+    (neither has local attention)."""
+    # zero_init only sets the starting weights: the trained model computes what the plain block does;
+    # mlp=relu2 is a block option of GPT-Neo's block, and Arcee's MLP under rope + RMSNorm
+    options = [o for o in cfg.block_options if o not in ("zero_init", "mlp=relu2")]
     if options:
         raise UserError("this model cannot be exported to transformers: its block options "
-                        f"({', '.join(options)}) have no transformers GPT-Neo or Llama equivalent")
+                        f"({', '.join(options)}) have no transformers GPT-Neo, Llama or Arcee equivalent")
     if (cfg.position, cfg.norm, cfg.mlp) == ("learned", "layernorm", "gelu"):
         return "GPTNeoForCausalLM"
-    if (cfg.position, cfg.norm, cfg.mlp) == ("rope", "rmsnorm", "swiglu"):
+    if (cfg.position, cfg.norm) == ("rope", "rmsnorm"):
+        name = ROPE_CLASSES[cfg.mlp]
         local = [i for i, t in enumerate(cfg.layer_types) if t == "local"]
         if local and cfg.window < cfg.context:
-            raise UserError(f"this model cannot be exported to transformers' Llama: layers {local} attend to a "
-                            f"local window of {cfg.window} < context {cfg.context} and Llama attends globally")
-        return "LlamaForCausalLM"
+            raise UserError(f"this model cannot be exported to transformers' {name.removesuffix('ForCausalLM')}: "
+                            f"layers {local} attend to a local window of {cfg.window} < context {cfg.context} "
+                            "and it attends globally")
+        return name
     raise UserError("this model cannot be exported to transformers: GPT-Neo needs position=learned, norm=layernorm, "
-                    f"mlp=gelu and Llama needs rope, rmsnorm, swiglu; it has position={cfg.position}, "
-                    f"norm={cfg.norm}, mlp={cfg.mlp}")
+                    "mlp=gelu, and Llama and Arcee need position=rope, norm=rmsnorm; it has "
+                    f"position={cfg.position}, norm={cfg.norm}, mlp={cfg.mlp}")
 
 
 def check_exportable(cfg: ModelConfig) -> None:
@@ -100,9 +112,9 @@ def attention_types(layer_types: list[str]) -> list:
 
 
 def to_hf_config(cfg: ModelConfig, tokenizer: Tokenizer | None = None) -> dict:
-    """The transformers config.json for `cfg`: GPT-Neo, or Llama for the rope + RMSNorm + SwiGLU block."""
+    """The transformers config.json for `cfg`: GPT-Neo, or Llama / Arcee for the rope + RMSNorm block."""
     eot = tokenizer.eot_id if tokenizer is not None else None
-    if export_class(cfg) == "LlamaForCausalLM":
+    if export_class(cfg) != "GPTNeoForCausalLM":
         return to_llama_config(cfg, eot)
     return {
         "architectures": ["GPTNeoForCausalLM"],
@@ -130,12 +142,15 @@ def to_hf_config(cfg: ModelConfig, tokenizer: Tokenizer | None = None) -> dict:
 
 
 def to_llama_config(cfg: ModelConfig, eot: int | None) -> dict:
-    """config.json of the LlamaForCausalLM that computes what our rope + RMSNorm + SwiGLU model does.
+    """config.json of the LlamaForCausalLM (SwiGLU) or ArceeForCausalLM (ReLU^2, GELU) that computes what our
+    rope + RMSNorm model does.
 
-    attention_bias is on because our out_proj has a bias (Llama's flag covers q/k/v too: they get zeros)."""
+    attention_bias is on because our out_proj has a bias (the flag covers q/k/v too: they get zeros); the
+    plain MLP's c_fc and c_proj have biases, so Arcee's mlp_bias is on."""
+    arcee = cfg.mlp != "swiglu"
     return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+        "architectures": [ROPE_CLASSES[cfg.mlp]],
+        "model_type": "arcee" if arcee else "llama",
         "vocab_size": cfg.vocab_size,
         "max_position_embeddings": cfg.context,
         "hidden_size": cfg.hidden,
@@ -144,12 +159,12 @@ def to_llama_config(cfg: ModelConfig, eot: int | None) -> dict:
         "num_attention_heads": cfg.heads,
         "num_key_value_heads": cfg.heads,
         "head_dim": cfg.head_dim,
-        "hidden_act": "silu",
+        "hidden_act": ARCEE_ACT[cfg.mlp] if arcee else "silu",
         "rms_norm_eps": cfg.layer_norm_eps,
         "rope_theta": cfg.rope_theta,
         "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
         "attention_bias": True,
-        "mlp_bias": False,
+        "mlp_bias": arcee,
         "attention_dropout": 0.0,
         "initializer_range": 0.02,
         "tie_word_embeddings": cfg.tie_embeddings,
@@ -168,10 +183,10 @@ def _attn_dropout(hf: dict) -> float | None:
 
 def from_hf_config(hf: dict, source: str = "config.json") -> ModelConfig:
     """Our ModelConfig for a transformers GPT-Neo (or Llama) config.json (a UserError if it is not one we can run)."""
-    if hf.get("model_type") == "llama":
+    if hf.get("model_type") in ("llama", "arcee"):
         return from_llama_config(hf, source)
     if hf.get("model_type") != "gpt_neo":
-        raise UserError(f"{source}: model_type is {hf.get('model_type')!r}, only gpt_neo and llama are supported")
+        raise UserError(f"{source}: model_type is {hf.get('model_type')!r}, only gpt_neo, llama and arcee are supported")
     act = hf.get("activation_function", "gelu_new")
     if act not in ("gelu_new", "gelu_pytorch_tanh"):
         raise UserError(f"{source}: activation_function {act!r} is not supported (GPT-Neo uses gelu_new)")
@@ -201,31 +216,38 @@ def from_hf_config(hf: dict, source: str = "config.json") -> ModelConfig:
 
 
 def from_llama_config(hf: dict, source: str = "config.json") -> ModelConfig:
-    """Our rope + RMSNorm + SwiGLU ModelConfig for a Llama config.json that block can run exactly."""
+    """Our rope + RMSNorm ModelConfig for a Llama (SwiGLU) or Arcee (ReLU^2, GELU) config.json that block can
+    run exactly."""
+    arcee = hf.get("model_type") == "arcee"
+    name = "Arcee" if arcee else "Llama"
+
     def bad(what):
-        raise UserError(f"{source}: {what}; only Llama's plain block is supported (what `tinystories export` writes)")
+        raise UserError(f"{source}: {what}; only {name}'s plain block is supported (what `tinystories export` writes)")
 
     try:
         hidden, heads = int(hf["hidden_size"]), int(hf["num_attention_heads"])
         rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-        if hf.get("hidden_act", "silu") != "silu":
-            bad(f"hidden_act {hf.get('hidden_act')!r}")
+        act = hf.get("hidden_act", "relu2" if arcee else "silu")
+        acts = {"relu2": "relu2", "gelu_pytorch_tanh": "gelu", "gelu_new": "gelu"} if arcee else {"silu": "swiglu"}
+        if act not in acts:
+            bad(f"hidden_act {act!r}")
+        mlp = acts[act]
         if int(hf.get("num_key_value_heads") or heads) != heads:
             bad("grouped-query attention (num_key_value_heads != num_attention_heads)")
         if int(hf.get("head_dim") or hidden // heads) * heads != hidden:
             bad("head_dim x num_attention_heads != hidden_size")
-        if rope.get("rope_type", "default") != "default" or hf.get("mlp_bias"):
+        if rope.get("rope_type", "default") != "default" or (hf.get("mlp_bias") and not arcee):
             bad("rope scaling or MLP biases")
         context = int(hf.get("max_position_embeddings", 2048))
         return ModelConfig(
             vocab_size=int(hf.get("vocab_size", 32000)), context=context, hidden=hidden,
             layers=int(hf["num_hidden_layers"]), heads=heads, attention="global", window=context,
             intermediate=int(hf["intermediate_size"]), layer_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-            scale_attn=True, position="rope", norm="rmsnorm", mlp="swiglu",
+            scale_attn=True, position="rope", norm="rmsnorm", mlp=mlp,
             rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10_000.0))),
             tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
     except (KeyError, TypeError, ValueError) as e:
-        raise UserError(f"{source}: not a usable Llama config ({type(e).__name__}: {e})") from None
+        raise UserError(f"{source}: not a usable {name} config ({type(e).__name__}: {e})") from None
 
 
 def _collapse(types: list[str]) -> str | list[str]:
@@ -241,12 +263,12 @@ def _collapse(types: list[str]) -> str | list[str]:
 # ------------------------------------------------------------------ weights
 
 def to_hf_state(model: GPTNeo) -> dict[str, torch.Tensor]:
-    """Our state dict renamed to transformers' names (fp32, CPU, contiguous): GPT-Neo's or Llama's."""
+    """Our state dict renamed to transformers' names (fp32, CPU, contiguous): GPT-Neo's, or Llama's / Arcee's."""
     import torch
 
     cfg = model.config
     ours = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
-    if export_class(cfg) == "LlamaForCausalLM":
+    if export_class(cfg) != "GPTNeoForCausalLM":
         return to_llama_state(cfg, ours)
     out = {}
     for name, theirs in _expand(cfg):
@@ -263,7 +285,8 @@ def to_hf_state(model: GPTNeo) -> dict[str, torch.Tensor]:
 
 
 def to_llama_state(cfg: ModelConfig, ours: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Our rope + RMSNorm + SwiGLU weights under LlamaForCausalLM's names: the whole mapping, in one place."""
+    """Our rope + RMSNorm weights under LlamaForCausalLM's (and ArceeForCausalLM's) names: the whole mapping,
+    in one place. SwiGLU's gate_up splits into gate_proj and up_proj; the plain MLP's c_fc is up_proj."""
     import torch
 
     out = {"model.embed_tokens.weight": ours["wte.weight"], "model.norm.weight": ours["ln_f.weight"]}
@@ -274,15 +297,19 @@ def to_llama_state(cfg: ModelConfig, ours: dict[str, torch.Tensor]) -> dict[str,
         q, k, v = ours[ours_i + "attn.qkv.weight"].chunk(3, dim=0)
         if not cfg.scale_attn:  # Llama always divides scores by sqrt(head_dim): undo it inside q
             q = q * math.sqrt(cfg.head_dim)
-        gate, up = ours[ours_i + "mlp.gate_up.weight"].chunk(2, dim=0)
+        if cfg.mlp == "swiglu":
+            gate, up = ours[ours_i + "mlp.gate_up.weight"].chunk(2, dim=0)
+            out.update({hf + "mlp.gate_proj.weight": gate, hf + "mlp.up_proj.weight": up,
+                        hf + "mlp.down_proj.weight": ours[ours_i + "mlp.down.weight"]})
+        else:
+            out.update({hf + f"mlp.{theirs}_proj.{kind}": ours[ours_i + f"mlp.c_{mine}.{kind}"]
+                        for theirs, mine in (("up", "fc"), ("down", "proj")) for kind in ("weight", "bias")})
         out.update({
             hf + "input_layernorm.weight": ours[ours_i + "ln_1.weight"],
             hf + "self_attn.q_proj.weight": q, hf + "self_attn.k_proj.weight": k, hf + "self_attn.v_proj.weight": v,
             hf + "self_attn.o_proj.weight": ours[ours_i + "attn.out_proj.weight"],
             hf + "self_attn.o_proj.bias": ours[ours_i + "attn.out_proj.bias"],
             hf + "post_attention_layernorm.weight": ours[ours_i + "ln_2.weight"],
-            hf + "mlp.gate_proj.weight": gate, hf + "mlp.up_proj.weight": up,
-            hf + "mlp.down_proj.weight": ours[ours_i + "mlp.down.weight"],
         })
         for name in ("q_proj", "k_proj", "v_proj"):  # attention_bias covers them; ours have none
             out[hf + f"self_attn.{name}.bias"] = torch.zeros(cfg.hidden)
@@ -295,7 +322,7 @@ def from_hf_state(cfg: ModelConfig, state: dict[str, torch.Tensor], source: str)
 
     from .gpt_neo import GPTNeo
 
-    if cfg.position == "rope":  # from_hf_config gives rope only for a Llama config
+    if cfg.position == "rope":  # from_hf_config gives rope only for a Llama or Arcee config
         return from_llama_state(cfg, state, source)
     state = {k.removeprefix("model."): v for k, v in state.items()}  # some exporters add a prefix
     model = GPTNeo(cfg)
@@ -325,7 +352,8 @@ def from_hf_state(cfg: ModelConfig, state: dict[str, torch.Tensor], source: str)
 
 
 def from_llama_state(cfg: ModelConfig, state: dict[str, torch.Tensor], source: str) -> GPTNeo:
-    """A GPTNeo holding LlamaForCausalLM-named `state`: `to_llama_state` read backwards (q/k/v biases must be 0)."""
+    """A GPTNeo holding LlamaForCausalLM- or ArceeForCausalLM-named `state`: `to_llama_state` read backwards
+    (q/k/v biases must be 0; a missing MLP or out_proj bias is zero)."""
     import torch
 
     from .gpt_neo import GPTNeo
@@ -351,9 +379,15 @@ def from_llama_state(cfg: ModelConfig, state: dict[str, torch.Tensor], source: s
             o + "attn.out_proj.weight": get(hf + "self_attn.o_proj.weight"),
             o + "attn.out_proj.bias": out_bias.float() if out_bias is not None else torch.zeros(cfg.hidden),
             o + "ln_2.weight": get(hf + "post_attention_layernorm.weight"),
-            o + "mlp.gate_up.weight": torch.cat([get(hf + "mlp.gate_proj.weight"), get(hf + "mlp.up_proj.weight")]),
-            o + "mlp.down.weight": get(hf + "mlp.down_proj.weight"),
         })
+        if cfg.mlp == "swiglu":
+            ours[o + "mlp.gate_up.weight"] = torch.cat([get(hf + "mlp.gate_proj.weight"), get(hf + "mlp.up_proj.weight")])
+            ours[o + "mlp.down.weight"] = get(hf + "mlp.down_proj.weight")
+        else:
+            for theirs, mine, width in (("up", "fc", cfg.mlp_width), ("down", "proj", cfg.hidden)):
+                bias = state.get(hf + f"mlp.{theirs}_proj.bias")
+                ours[o + f"mlp.c_{mine}.weight"] = get(hf + f"mlp.{theirs}_proj.weight")
+                ours[o + f"mlp.c_{mine}.bias"] = bias.float() if bias is not None else torch.zeros(width)
     model = GPTNeo(cfg)
     target = model.state_dict()
     with torch.no_grad():

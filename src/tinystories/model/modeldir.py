@@ -72,9 +72,9 @@ def read_config(directory: str | Path) -> tuple[str, dict]:
                         f"the file is damaged or not a model's config")
     if cfg.get("format") == FORMAT:
         return "ours", cfg
-    if cfg.get("model_type") in ("gpt_neo", "llama"):  # llama: our exports of the modern block
+    if cfg.get("model_type") in ("gpt_neo", "llama", "arcee"):  # llama, arcee: our exports of the modern block
         return "hf", cfg
-    raise UserError(f"{path}: neither a tinystories model nor a transformers GPT-Neo or Llama config")
+    raise UserError(f"{path}: neither a tinystories model nor a transformers GPT-Neo, Llama or Arcee config")
 
 
 def check_model_dir(directory: str | Path) -> tuple[ModelConfig, Tokenizer]:
