@@ -205,3 +205,43 @@ def test_the_muon_rate_stage_stays_the_same_once_a_refined_rate_wins(tmp_path):
         add_muon_run(res, spec, budget, 0.858 if spec.hidden == 96 and spec.lr > bs.lr_prior(96, "muon") else 0.9)
     again = dict(bs.muon_stages(res, [300, 600], [1], shapes=shapes))["learning rates"]
     assert again == rates and all(res.done(s.key(b)) for s, b in again)  # nothing new to run
+
+
+def test_each_longer_rungs_leader_is_tried_with_relu2_and_a_win_is_the_row_and_the_next_rungs_run(tmp_path):
+    """ReLU² exports now (ArceeForCausalLM), so the sweep measures it at each budget past the first: the
+    rung's leader with mlp=relu2. Its key is new (earlier keys unchanged); if it wins, it is the budget's
+    row (with its MLP) and the (shape, vocabulary) the next rung carries."""
+    from tinystories.model.hf import export_class
+    from tinystories.train.budget import Table
+
+    res = bs.Results(tmp_path / "m.jsonl")
+    shapes = [(128, 4, 32), (192, 4, 32)]
+    assert muon(128, 4, 4096).key(600) == "t600-v4096-h128-l4-hs32-lr0.002-b8-c256-d0-modern-s1337-muon-wsd"
+    assert muon(128, 4, 4096, mlp="relu2").key(600).endswith("-muon-wsd-relu2")
+    assert bs.spec_of({**dataclasses.asdict(muon(128, 4, 4096)), "extra": 1}).mlp is None  # old records
+    add_muon_run(res, muon(128, 4, 4096), 300, 0.86)
+    add_muon_run(res, muon(192, 4, 4096), 300, 0.89)
+    stages = dict(bs.muon_stages(res, [300, 600, 1800], [2], shapes=shapes))
+    assert stages["relu2 at 10m00s"] == []  # the 10-minute rung has not run
+    add_muon_run(res, muon(128, 4, 4096), 600, 0.800, tokens=8_000_000)
+    add_muon_run(res, muon(192, 4, 4096), 600, 0.805, tokens=6_000_000)
+    stages = dict(bs.muon_stages(res, [300, 600, 1800], [2], shapes=shapes))
+    relu2 = muon(128, 4, 4096, mlp="relu2")
+    assert stages["relu2 at 10m00s"] == [(relu2, 600)]
+    assert relu2.model()["mlp"] == "relu2" and muon(128, 4, 4096).model()["mlp"] == "swiglu"
+    add_muon_run(res, relu2, 600, 0.794, tokens=8_200_000)
+    stages = dict(bs.muon_stages(res, [300, 600, 1800], [2], shapes=shapes))
+    assert stages["relu2 at 10m00s"] == [(relu2, 600)]  # the same run: done, so the sweep skips it
+    assert [s for s, _ in stages["rung 30m00s"]][0] == relu2  # the winner is what 30 minutes runs
+    table_path = tmp_path / "t.json"
+    (tmp_path / "t.json").write_text((bs.REPO / "src" / "tinystories" / "resources" / bs.TABLE_FILE).read_text())
+    bs.write_muon_rows(res, table_path)
+    row = next(r for r in Table.load(table_path).rows if r.budget_s == 600 and r.vocab_size == 4096)
+    assert (row.mlp, row.bpb, row.position, row.norm) == ("relu2", 0.794, "rope", "rmsnorm")
+    assert export_class(row.model_config(4096)) == "ArceeForCausalLM"  # the table may pick it by default
+    assert "ReLU²" in next(line for line in _muon_md(res, tmp_path).splitlines() if line.startswith("| 10m00s | 4096"))
+
+
+def _muon_md(res: bs.Results, tmp_path: Path) -> str:
+    bs.write_muon_markdown(res, tmp_path / "m.md")
+    return (tmp_path / "m.md").read_text()
