@@ -686,8 +686,8 @@ def write_muon_rows(res: Results, path: Path) -> Table:
     rows = []
     for (b, v), r in best_muon(res).items():
         spec = spec_of(r)
-        row = Row(**{**MODERN, "mlp": spec.mlp or MODERN["mlp"]}, budget_s=b, compute=r["flops"], hidden=spec.hidden, layers=spec.layers,
-                  heads=spec.heads, context=spec.context, batch_size=spec.batch_size, lr=spec.lr,
+        row = Row(**{**MODERN, "mlp": spec.mlp or MODERN["mlp"]}, budget_s=b, compute=r["flops"],
+                  hidden=spec.hidden, layers=spec.layers, heads=spec.heads, context=spec.context, batch_size=spec.batch_size, lr=spec.lr,
                   warmup_frac=round(r["warmup_steps"] / max(1, r["steps"]), 4), weight_decay=spec.weight_decay,
                   dropout=spec.dropout, bpb=round(r["bpb"], 4), tokens=r["tokens"], tokens_per_s=r["tokens_per_s"],
                   tried=muon_tried(res, b, v),
@@ -714,8 +714,9 @@ def write_muon_markdown(res: Results, path: Path) -> None:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for (b, v), r in best_muon(res).items():
         s = spec_of(r)
+        mlp = ", ReLU²" if s.mlp == "relu2" else ""
         lines.append(f"| {format_duration(b)} | {v} | {muon_tried(res, b, v)} | {s.hidden} x {s.layers}, {s.heads} heads of "
-                     f"{s.head_size}{', ReLU²' if s.mlp == 'relu2' else ''} | {r['params'] / 1e6:.2f}M | {s.lr:g} | {s.dropout:g} | {r['tokens'] / 1e6:.2f}M | "
+                     f"{s.head_size}{mlp} | {r['params'] / 1e6:.2f}M | {s.lr:g} | {s.dropout:g} | {r['tokens'] / 1e6:.2f}M | "
                      f"{r.get('epochs', 0):.1f} | {r['bpb']:.3f} |")
     seeds = [r for r in res.runs(optimizer="muon") if r["seed"] != 1337]
     for r in seeds:

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from budget_sweep import machine  # noqa: E402
+from budget_sweep import MUON, Spec, lr_prior, machine  # noqa: E402
 
 MLPS = ("swiglu", "relu2", "gelu")
 
@@ -38,7 +38,6 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from tinystories.model.config import ModelConfig
     from tinystories.model.gpt_neo import GPTNeo
     from tinystories.train.config import TrainConfig
     from tinystories.train.optim import make_optimizer
@@ -52,10 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         runs = {}
         for mlp in MLPS:
             torch.manual_seed(0)
-            cfg = ModelConfig(vocab_size=vocab, context=context, hidden=hidden, layers=args.layers,
-                              heads=hidden // 32, window=context, attention="global", scale_attn=True,
-                              position="rope", norm="rmsnorm", mlp=mlp)
-            model = GPTNeo(cfg).train()
+            # the model the sweep and `train --max-time` build for this shape (budget_sweep.Spec)
+            spec = Spec(hidden, args.layers, 32, lr_prior(hidden, "muon"), batch_size=batch, context=context,
+                        vocab=vocab, mlp=mlp, **MUON)
+            model = GPTNeo(spec.model_config()).train()
             opt = make_optimizer(model, TrainConfig(optimizer="muon", lr=1e-3), torch.device("cpu"))
             runs[mlp] = (model, opt, torch.randint(0, vocab, (batch, context + 1)))
 

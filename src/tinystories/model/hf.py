@@ -67,7 +67,10 @@ def _expand(cfg: ModelConfig) -> list[tuple[str, str | tuple[str, ...]]]:
 # The transformers class for each rope + RMSNorm MLP: SwiGLU is Llama's; Arcee (transformers >= 4.53) is
 # Llama with a plain up/down MLP whose activation is any of transformers' ACT2FN, biases optional.
 ROPE_CLASSES = {"swiglu": "LlamaForCausalLM", "relu2": "ArceeForCausalLM", "gelu": "ArceeForCausalLM"}
-ARCEE_ACT = {"relu2": "relu2", "gelu": "gelu_pytorch_tanh"}  # ours -> ACT2FN: relu(x)^2; gelu(x, tanh)
+# each MLP's `hidden_act` (an ACT2FN name): silu gates SwiGLU; relu(x)^2; gelu(x, tanh). Read back through
+# `_MLP_OF_ACT`, which also takes gelu_new (the same tanh GELU under GPT-2's name).
+HIDDEN_ACT = {"swiglu": "silu", "relu2": "relu2", "gelu": "gelu_pytorch_tanh"}
+_MLP_OF_ACT = {act: mlp for mlp, act in HIDDEN_ACT.items()} | {"gelu_new": "gelu"}
 
 
 def export_class(cfg: ModelConfig) -> str:
@@ -147,7 +150,7 @@ def to_llama_config(cfg: ModelConfig, eot: int | None) -> dict:
 
     attention_bias is on because our out_proj has a bias (the flag covers q/k/v too: they get zeros); the
     plain MLP's c_fc and c_proj have biases, so Arcee's mlp_bias is on."""
-    arcee = cfg.mlp != "swiglu"
+    arcee = ROPE_CLASSES[cfg.mlp] == "ArceeForCausalLM"
     return {
         "architectures": [ROPE_CLASSES[cfg.mlp]],
         "model_type": "arcee" if arcee else "llama",
@@ -159,7 +162,7 @@ def to_llama_config(cfg: ModelConfig, eot: int | None) -> dict:
         "num_attention_heads": cfg.heads,
         "num_key_value_heads": cfg.heads,
         "head_dim": cfg.head_dim,
-        "hidden_act": ARCEE_ACT[cfg.mlp] if arcee else "silu",
+        "hidden_act": HIDDEN_ACT[cfg.mlp],
         "rms_norm_eps": cfg.layer_norm_eps,
         "rope_theta": cfg.rope_theta,
         "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
@@ -228,10 +231,9 @@ def from_llama_config(hf: dict, source: str = "config.json") -> ModelConfig:
         hidden, heads = int(hf["hidden_size"]), int(hf["num_attention_heads"])
         rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
         act = hf.get("hidden_act", "relu2" if arcee else "silu")
-        acts = {"relu2": "relu2", "gelu_pytorch_tanh": "gelu", "gelu_new": "gelu"} if arcee else {"silu": "swiglu"}
-        if act not in acts:
+        mlp = _MLP_OF_ACT.get(act)
+        if mlp is None or (ROPE_CLASSES[mlp] == "ArceeForCausalLM") != arcee:  # Llama's MLP is SwiGLU, Arcee's plain
             bad(f"hidden_act {act!r}")
-        mlp = acts[act]
         if int(hf.get("num_key_value_heads") or heads) != heads:
             bad("grouped-query attention (num_key_value_heads != num_attention_heads)")
         if int(hf.get("head_dim") or hidden // heads) * heads != hidden:
