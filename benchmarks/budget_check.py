@@ -41,10 +41,12 @@ def cli(*args, capture: bool = True) -> subprocess.CompletedProcess:
     return proc
 
 
-def write_row(table_path: Path, runs: list[dict]) -> None:
+def write_row(table_path: Path, runs: list[dict], machine: str | None = None) -> None:
     """Replace (or add) the row for the runs' budget in the table at `table_path` with the recipe they ran
     and what they measured: compute and tokens are the runs' means, bpb their mean on the whole validation
-    file, efficiency their model's training FLOP/s over the reference's (the run's own probe)."""
+    file, efficiency their model's training FLOP/s over the reference's (the run's own probe). `machine`
+    names where they ran when that is not the table's machine: the row then sits beside that budget's
+    row rather than replacing it (`Row.machine`)."""
     import statistics
 
     from tinystories.model.config import ModelConfig
@@ -70,7 +72,7 @@ def write_row(table_path: Path, runs: list[dict]) -> None:
               tokens_per_s=round(tps, 1), tried=None, efficiency=round(tps * per_token / probe, 4),
               optimizer=cfg["optimizer"], lr_schedule=cfg["lr_schedule"], cooldown_frac=cfg["cooldown_frac"],
               muon_lr=cfg.get("muon_lr"), block=block, keep_best=cfg.get("keep_best", False),
-              vocab_size=None if model.vocab_size == table.vocab_size else model.vocab_size)
+              vocab_size=None if model.vocab_size == table.vocab_size else model.vocab_size, machine=machine)
     # one row per budget and vocabulary: runs on data of another vocabulary add a row beside the budget's
     sets = runs[0].get("sets") or []
     table.put(row, f"{len(runs)} run{'s' if len(runs) != 1 else ''} of `tinystories train --max-time`"
@@ -126,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="after the runs, write each checked budget's row of this budget table from what they "
                          "measured (the recipe they ran, their mean tokens and compute; bpb on all of the "
                          "validation file)")
+    ap.add_argument("--machine", default=None,
+                    help="with --table: the machine the runs ran on, when it is not the table's (e.g. \"AMD EPYC Zen 3 "
+                         "(2 cores, AVX2, no bf16), fp32\"); the rows written sit beside the table machine's rows "
+                         "at their budgets instead of replacing them")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="sets",
                     help="passed on to every run as `--set KEY=VALUE` (a candidate recipe; the runs name it as "
                          "the user's)")
@@ -190,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         for budget in args.budgets.split(","):
             rs = [r for r in done.values() if r["budget"] == budget]
             if rs:
-                write_row(args.table, rs)
+                write_row(args.table, rs, args.machine)
     print("\n".join(lines))
     return 0
 

@@ -69,7 +69,42 @@ def test_a_budget_with_a_row_per_vocabulary_picks_the_datas_and_names_the_better
          table=Table(vocab_size=8192, probe_flops_per_s=1e-3, machine="test", rows=[big, small]),
          say=lines.append)
     assert any("vocabulary 4,096" in line and "--vocab-size 4096" in line and "0.700" in line for line in lines)
-    assert "of the table's 1 budgets" in "\n".join(lines)
+    assert "of the table's 1 rungs" in "\n".join(lines)
+
+
+def test_a_row_measured_on_another_machine_sits_beside_the_budgets_row_and_is_picked_by_its_compute(tiny_data):
+    """A budget's seconds buy different compute on each kind of CPU: runs on a second machine add a row at
+    their budget (not replace the sweep machine's), the picker weighs it by compute like any other, and the
+    run names the machine that measured the row it took."""
+    from tinystories.data.prepare import load_data_dir
+
+    t = _table()
+    sweep30 = t.rows[-1]
+    other = Row(budget_s=1800, compute=3e13, hidden=160, layers=4, heads=5, context=256, batch_size=8, lr=2e-3,
+                mlp="relu2", bpb=0.60, machine="a CPU without bf16, fp32")
+    t.put(other, "2 runs there")
+    assert len(t.rows) == 4 and sweep30 in t.rows and other in t.rows  # beside, not instead
+    assert t.notes == ["the 30-minute row on a CPU without bf16, fp32: 2 runs there"]
+    assert len(t.candidates()) == 4
+    assert t.pick(3e13)[0] is other               # nearest by compute: between the 10- and 30-minute rows
+    assert t.pick(1e14)[0] is sweep30 and t.pick(1e13)[0].budget_s == 600
+    assert t.alternatives(sweep30) == []          # another machine's row is not this budget's other vocabulary
+    again = Row(**{**sweep30.__dict__, "bpb": 0.5})
+    t.put(again, "re-measured")                   # the sweep machine's row is replaced, the other kept
+    assert len(t.rows) == 4 and other in t.rows and sweep30 not in t.rows
+    assert t.row_machine(other) == "a CPU without bf16, fp32" and t.row_machine(again) == "test"
+
+    data = load_data_dir(tiny_data)
+    lines = []
+    # a minute buys 1e12-1e13 FLOPs on any CPU: nearer 3e12 than 1e17 by far
+    near = Row(**{**other.__dict__, "compute": 3e12})
+    far = Row(**{**sweep30.__dict__, "compute": 1e17})
+    new, choice = plan(TrainConfig(data=str(tiny_data), out="x", max_time=60, threads=1), data, torch.device("cpu"),
+                       table=Table(vocab_size=8192, probe_flops_per_s=1e10, machine="test", rows=[near, far]),
+                       say=lines.append)
+    assert new.model["hidden"] == 160 and new.model["mlp"] == "relu2"
+    assert any("a CPU without bf16, fp32) it trained" in line and "of the table's 2 rungs" in line
+               for line in lines), lines
 
 
 def test_flops_per_token_counts_weights_and_attention():

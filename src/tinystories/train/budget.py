@@ -11,7 +11,9 @@ many FLOPs (tokens) the row's model would get here in the time left. The row who
 nearest (in log) to what it got in the sweep wins. Twice the speed (a faster machine, faster code)
 thus picks what the sweep found best for twice the compute, and the rule carries over without
 re-running the sweep. Keying on the FLOPs each run really trained also keeps the table honest when
-the sweep machine was busy: a slowed run is simply a run with less compute.
+the sweep machine was busy: a slowed run is simply a run with less compute. For the same reason a row
+measured on another kind of machine (`Row.machine`) sits beside the sweep machine's row at its budget
+rather than replacing it: it is one more recipe at the compute its runs got, weighed like any other.
 
 The probe counts against the budget: training gets what is left, and the learning-rate schedule
 (cosine on the clock, see `train.lr_at`) ends at the deadline. The final validation and samples come
@@ -143,6 +145,11 @@ class Row:
     vocab_size: int | None = None
     # the run kept its weights of best periodic validation (TrainConfig.keep_best), not the last step's
     keep_best: bool = False
+    # where the row's runs were measured, when not on the table's machine; None = the table's. A budget's
+    # seconds buy a different compute on each kind of CPU (a 2-core Zen 3 in fp32 gets about 0.4x the FLOP/s
+    # of a Zen 4 in bf16), so runs on another machine add rows at their own compute rather than replace the
+    # sweep machine's row at that budget; the picker compares every row by compute alike.
+    machine: str | None = None
 
     def model_config(self, vocab_size: int) -> ModelConfig:
         return ModelConfig(vocab_size=vocab_size, context=self.context, hidden=self.hidden, layers=self.layers,
@@ -218,13 +225,17 @@ class Table:
     def row_vocab(self, row: Row) -> int:
         return row.vocab_size or self.vocab_size
 
+    def row_machine(self, row: Row) -> str:
+        return row.machine or self.machine
+
     def put(self, row: Row, how: str) -> None:
-        """Make `row` the table's row at its budget and vocabulary (replacing one there), with the note
-        "the N-minute row[ at vocabulary V]: `how`" in place of that row's earlier note."""
-        key = (row.budget_s, self.row_vocab(row))
-        self.rows = [r for r in self.rows if (r.budget_s, self.row_vocab(r)) != key] + [row]
+        """Make `row` the table's row at its budget, vocabulary and machine (replacing one there), with the
+        note "the N-minute row[ at vocabulary V][ on M]: `how`" in place of that row's earlier note."""
+        key = (row.budget_s, self.row_vocab(row), row.machine)
+        self.rows = [r for r in self.rows if (r.budget_s, self.row_vocab(r), r.machine) != key] + [row]
         self.__post_init__()  # sorted by compute again
-        name = f"the {row.budget_s / 60:g}-minute row" + (f" at vocabulary {row.vocab_size}" if row.vocab_size else "")
+        name = f"the {row.budget_s / 60:g}-minute row" + (f" at vocabulary {row.vocab_size}" if row.vocab_size else "") \
+            + (f" on {row.machine}" if row.machine else "")
         self.notes = [n for n in self.notes if not n.startswith(name + ":")] + [f"{name}: {how}"]
 
     def row_compute(self, row: Row, compute: float, vocab_size: int | None = None) -> float:
@@ -238,19 +249,20 @@ class Table:
         return c
 
     def candidates(self, vocab_size: int | None = None) -> list[Row]:
-        """One row per budget: the one measured at `vocab_size` where the budget has one, else the one at
-        the table's vocabulary, else its first."""
+        """One row per budget and machine: the one measured at `vocab_size` where there is one, else the one
+        at the table's vocabulary, else the first."""
         vocab = vocab_size or self.vocab_size
-        by_budget: dict[float, list[Row]] = {}
+        by_budget: dict[tuple[float, str | None], list[Row]] = {}
         for row in self.rows:
-            by_budget.setdefault(row.budget_s, []).append(row)
+            by_budget.setdefault((row.budget_s, row.machine), []).append(row)
         return [next((r for r in rows if self.row_vocab(r) == vocab), None)
                 or next((r for r in rows if self.row_vocab(r) == self.vocab_size), rows[0])
                 for rows in by_budget.values()]
 
     def alternatives(self, row: Row) -> list[Row]:
-        """The rows measured at `row`'s budget with another vocabulary and a better score."""
-        return [r for r in self.rows if r.budget_s == row.budget_s and self.row_vocab(r) != self.row_vocab(row)
+        """The rows measured at `row`'s budget, on its machine, with another vocabulary and a better score."""
+        return [r for r in self.rows if r.budget_s == row.budget_s and r.machine == row.machine
+                and self.row_vocab(r) != self.row_vocab(row)
                 and r.bpb is not None and row.bpb is not None and r.bpb < row.bpb]
 
     def pick(self, compute: float, vocab_size: int | None = None) -> tuple[Row, float]:
@@ -373,8 +385,8 @@ def plan(cfg, data, device, *, table: Table | None = None, say: Callable[[str], 
         "table_machine": table.machine, "expected_tokens_per_s": round(tps, 1),
         "expected_tokens": int(tps * train_s), "picked": {**changes, "model": model}, "lr": new.lr,
     }
-    _explain(say, table, row, pr, budget=budget, left=left, row_compute=row_compute, new=new, shape=shape,
-             model=model, kept=kept, batch=batch, tps=tps, steps=steps, train_s=train_s,
+    _explain(say, table, row, pr, vocab_size=data.vocab_size, budget=budget, left=left, row_compute=row_compute,
+             new=new, shape=shape, model=model, kept=kept, batch=batch, tps=tps, steps=steps, train_s=train_s,
              epochs=tps * train_s / max(epoch_tokens, 1))
     return new, choice
 
@@ -410,9 +422,9 @@ def _probe_as_training(cfg, device, world: int, table: Table, budget: float, say
         torch.set_num_threads(old_threads)
 
 
-def _explain(say, table: Table, row: Row, pr: Probe, *, budget: float, left: float, row_compute: float, new,
-             shape: Row, model: dict, kept: list[str], batch: int, tps: float, steps: int, train_s: float,
-             epochs: float) -> None:
+def _explain(say, table: Table, row: Row, pr: Probe, *, vocab_size: int, budget: float, left: float,
+             row_compute: float, new, shape: Row, model: dict, kept: list[str], batch: int, tps: float,
+             steps: int, train_s: float, epochs: float) -> None:
     """The budget lines: the probe, the row picked and why, the recipe (naming the settings kept as yours)."""
     say(f"budget: {format_duration(budget)} here ({pr.device}, {pr.precision}, {pr.threads} threads): a "
         f"{pr.seconds:.1f}s probe trained the reference {REFERENCE['hidden']}x{REFERENCE['layers']} model at "
@@ -423,8 +435,8 @@ def _explain(say, table: Table, row: Row, pr: Probe, *, budget: float, left: flo
     what = f"the sweep's {format_duration(row.budget_s)} winner ({got}best of {row.tried} recipes; " if row.tried \
         else f"the table's {format_duration(row.budget_s)} recipe ({got}"
     say(f"budget: in the {format_duration(left)} left its {row.label()} model would train {row_compute / 1e12:.1f} TFLOP "
-        f"here; as {what}{table.machine}) it trained "
-        f"{row.compute / 1e12:.1f}: the nearest of the table's {len({r.budget_s for r in table.rows})} budgets")
+        f"here; as {what}{table.row_machine(row)}) it trained "
+        f"{row.compute / 1e12:.1f}: the nearest of the table's {len(table.candidates(vocab_size))} rungs")
     ratio = row_compute / row.compute
     if not 0.5 < ratio < 2:
         say("budget: note: " + (f"{ratio:.2g}x the compute of the sweep's smallest budget: its recipe may be too big "
