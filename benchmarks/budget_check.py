@@ -73,7 +73,8 @@ def write_row(table_path: Path, runs: list[dict], machine: str | None = None) ->
               optimizer=cfg["optimizer"], lr_schedule=cfg["lr_schedule"], cooldown_frac=cfg["cooldown_frac"],
               muon_lr=cfg.get("muon_lr"), block=block, keep_best=cfg.get("keep_best", False),
               vocab_size=None if model.vocab_size == table.vocab_size else model.vocab_size, machine=machine)
-    # one row per budget and vocabulary: runs on data of another vocabulary add a row beside the budget's
+    # one row per budget, vocabulary and machine: runs on data of another vocabulary, or tagged with another
+    # machine, add a row beside the budget's
     sets = runs[0].get("sets") or []
     table.put(row, f"{len(runs)} run{'s' if len(runs) != 1 else ''} of `tinystories train --max-time`"
               + (f" with {' '.join('--set ' + kv for kv in sets)}" if sets else "")

@@ -228,11 +228,16 @@ class Table:
     def row_machine(self, row: Row) -> str:
         return row.machine or self.machine
 
+    @staticmethod
+    def rung(row: Row) -> tuple[float, str | None]:
+        """The budget and machine a row was measured at: the picker weighs one row per rung."""
+        return row.budget_s, row.machine
+
     def put(self, row: Row, how: str) -> None:
         """Make `row` the table's row at its budget, vocabulary and machine (replacing one there), with the
         note "the N-minute row[ at vocabulary V][ on M]: `how`" in place of that row's earlier note."""
-        key = (row.budget_s, self.row_vocab(row), row.machine)
-        self.rows = [r for r in self.rows if (r.budget_s, self.row_vocab(r), r.machine) != key] + [row]
+        key = (self.rung(row), self.row_vocab(row))
+        self.rows = [r for r in self.rows if (self.rung(r), self.row_vocab(r)) != key] + [row]
         self.__post_init__()  # sorted by compute again
         name = f"the {row.budget_s / 60:g}-minute row" + (f" at vocabulary {row.vocab_size}" if row.vocab_size else "") \
             + (f" on {row.machine}" if row.machine else "")
@@ -252,17 +257,16 @@ class Table:
         """One row per budget and machine: the one measured at `vocab_size` where there is one, else the one
         at the table's vocabulary, else the first."""
         vocab = vocab_size or self.vocab_size
-        by_budget: dict[tuple[float, str | None], list[Row]] = {}
+        by_rung: dict[tuple[float, str | None], list[Row]] = {}
         for row in self.rows:
-            by_budget.setdefault((row.budget_s, row.machine), []).append(row)
+            by_rung.setdefault(self.rung(row), []).append(row)
         return [next((r for r in rows if self.row_vocab(r) == vocab), None)
                 or next((r for r in rows if self.row_vocab(r) == self.vocab_size), rows[0])
-                for rows in by_budget.values()]
+                for rows in by_rung.values()]
 
     def alternatives(self, row: Row) -> list[Row]:
         """The rows measured at `row`'s budget, on its machine, with another vocabulary and a better score."""
-        return [r for r in self.rows if r.budget_s == row.budget_s and r.machine == row.machine
-                and self.row_vocab(r) != self.row_vocab(row)
+        return [r for r in self.rows if self.rung(r) == self.rung(row) and self.row_vocab(r) != self.row_vocab(row)
                 and r.bpb is not None and row.bpb is not None and r.bpb < row.bpb]
 
     def pick(self, compute: float, vocab_size: int | None = None) -> tuple[Row, float]:
