@@ -45,7 +45,11 @@ TABLE_FORMAT = "tinystories-budget-table"
 # like the models the table picks. Its vocabulary is the table's, whatever the data's is, so that it
 # measures the machine (and the code), not the data.
 REFERENCE = {"hidden": 128, "layers": 4, "heads": 4, "context": 256, "batch_size": 8}
-MIN_PROBE_S, MAX_PROBE_S, PROBE_FRACTION = 1.5, 8.0, 0.01
+# The probe takes 1% of the budget, between 1.5 and 20 seconds. The cap was 8 s; on a 2-core Zen 3 in fp32
+# (2026-12-01) six cold 8-second probes read 59.3-70.6 GFLOP/s and six 20-second ones 64.4-71.5: building
+# the model and its first step take about 2.5 s of the window, and the host's slow spells last seconds, so a
+# short probe swung the 30-minute pick between two rows whose boundary sits at 63. 20 s is 1.1% of 30 minutes.
+MIN_PROBE_S, MAX_PROBE_S, PROBE_FRACTION = 1.5, 20.0, 0.01
 EVALS_PER_RUN = 5              # periodic validation passes the picked run makes (cheap, inside the budget)
 EVAL_TOKENS = 16_384           # tokens per periodic pass
 CHECKPOINTS_PER_RUN = 4
