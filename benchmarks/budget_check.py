@@ -124,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "budget-check")
     ap.add_argument("--budgets", default="10m,30m")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--first-seed", type=int, default=1,
+                    help="the repeats run seeds FIRST .. FIRST + repeats - 1 (named BUDGET-SEED), so that one more "
+                         "seed can be added to a results file without rerunning the first")
     ap.add_argument("--results", type=Path, default=RESULTS / "budget_check.jsonl")
     ap.add_argument("--table", type=Path, default=None,
                     help="after the runs, write each checked budget's row of this budget table from what they "
@@ -153,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             r = json.loads(line)
             done[r["run"]] = r
     for budget in args.budgets.split(","):
-        for n in range(1, args.repeats + 1):
+        for n in range(args.first_seed, args.first_seed + args.repeats):
             name = f"{budget}-{n}"
             if name in done:
                 continue
@@ -174,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
                    if s.get("budget") else None, "wall_s": round(wall, 1), "stderr_budget": [
                        line for line in train.stderr.splitlines() if line.startswith("budget:")],
                    "loadavg": os.getloadavg()[0], "time": time.strftime("%Y-%m-%d %H:%M:%S")}
-            if n == 1:
+            if n == args.first_seed:
                 gen = cli("generate", out, *SAMPLE_ARGS, "--json")
                 rec["samples_cmd"] = f"tinystories generate RUN {' '.join(SAMPLE_ARGS)}"
                 rec["samples"] = gen.stdout
