@@ -9,6 +9,7 @@ and the modern block (rope + RMSNorm + SwiGLU): gradients, and cached decoding a
 from __future__ import annotations
 
 import json
+import statistics
 
 import pytest
 import torch
@@ -227,6 +228,55 @@ def test_plan_expects_the_speed_of_the_model_the_user_set_not_the_rows(tiny_data
     tokens_per_step = cfg_wide.batch_size * cfg_wide.context
     steps = widened["expected_tokens"] / tokens_per_step
     assert cfg_wide.warmup_steps == pytest.approx(row.warmup_frac * steps, rel=0.05, abs=2)
+
+
+def test_a_run_is_planned_at_the_median_of_the_machines_recent_probes(tmp_path):
+    """One probe in a slow spell does not move the plan: the median of the last PROBE_HISTORY probes of this
+    machine, threads and precision does; each precision keeps its own history; a torn file starts again."""
+    from tinystories.train.budget import PROBE_HISTORY, Probe, steady
+
+    path = tmp_path / "probe.json"
+
+    def probe(gflops, precision="fp32"):
+        return Probe(tokens_per_s=gflops * 100.0, flops_per_s=gflops * 1e9, seconds=18.0, steps=40, device="cpu",
+                     precision=precision, threads=2)
+
+    first = steady(probe(60), 4096, path)
+    assert (first.history, first.flops_per_s, first.measured_flops_per_s) == (1, 60e9, 60e9)
+    planned = [steady(probe(g), 4096, path) for g in (70, 80, 20)]
+    assert [p.flops_per_s / 1e9 for p in planned] == [65, 70, 65]  # the slow 20 moves the median by 5, not 45
+    slow = planned[-1]
+    assert slow.measured_flops_per_s == 20e9 and slow.tokens_per_s == pytest.approx(6500.0)
+    later = [steady(probe(g), 4096, path) for g in (75, 72)]
+    assert PROBE_HISTORY == 5 and later[-1].history == 5
+    assert later[-1].flops_per_s == 72e9  # median of the last five: 70, 80, 20, 75, 72 (the 60 dropped out)
+    other = steady(probe(200, "bf16"), 4096, path)
+    assert (other.history, other.flops_per_s) == (1, 200e9)
+    assert len(json.loads(path.read_text())) == 2
+    path.write_text("{torn")
+    again = steady(probe(66), 4096, path)
+    assert (again.history, again.flops_per_s) == (1, 66e9) and len(json.loads(path.read_text())) == 1
+
+
+def test_plan_reads_and_extends_the_probe_history(tiny_data):
+    """Two plans in a row: the second counts one probe more (up to PROBE_HISTORY), is planned at the median
+    of the stored readings, and its budget line says so."""
+    from tinystories.data.prepare import load_data_dir
+    from tinystories.runtime.device import cache_root
+    from tinystories.train.budget import PROBE_HISTORY, PROBE_HISTORY_FILE, Probe, history_key
+
+    data = load_data_dir(tiny_data)
+    table = _table()
+    base = TrainConfig(data=str(tiny_data), out="x", max_time=120, threads=1)
+    _, first = plan(base, data, torch.device("cpu"), table=table, say=lambda line: None)
+    lines: list[str] = []
+    _, second = plan(base, data, torch.device("cpu"), table=table, say=lines.append)
+    assert second["probe"]["history"] == min(PROBE_HISTORY, first["probe"]["history"] + 1) >= 2
+    stored = json.loads((cache_root() / PROBE_HISTORY_FILE).read_text())[
+        history_key(Probe(**second["probe"]), table.vocab_size)]
+    assert stored[-1] == second["probe"]["measured_flops_per_s"]
+    assert second["probe"]["flops_per_s"] == pytest.approx(statistics.median(stored))
+    assert f"the median of this machine's last {second['probe']['history']} probes" in lines[0]
 
 
 def test_plan_warns_when_the_run_would_pass_over_the_data_many_times(tiny_data, monkeypatch):

@@ -50,6 +50,14 @@ REFERENCE = {"hidden": 128, "layers": 4, "heads": 4, "context": 256, "batch_size
 # the model and its first step take about 2.5 s of the window, and the host's slow spells last seconds, so a
 # short probe swung the 30-minute pick between two rows whose boundary sits at 63. 20 s is 1.1% of 30 minutes.
 MIN_PROBE_S, MAX_PROBE_S, PROBE_FRACTION = 1.5, 20.0, 0.01
+# A longer probe is not enough: the same host's speed moves +-20% over tens of seconds (one process timing
+# one model in 5-second windows read 48.6 to 83.3 GFLOP/s, 2026-12-01), while whole 30-minute runs of one
+# recipe trained within +-2% of each other (4,837-5,099 tokens/s over six runs on three hosts). So the run
+# is planned at the median of this machine's last PROBE_HISTORY probes, this one included (kept in
+# ~/.cache/tinystories/probe.json per CPU model, torch, threads, device and precision): one probe in a slow
+# spell no longer changes the recipe of the next run. The first run on a machine has only its own probe.
+PROBE_HISTORY = 5
+PROBE_HISTORY_FILE = "probe.json"
 EVALS_PER_RUN = 5              # periodic validation passes the picked run makes (cheap, inside the budget)
 EVAL_TOKENS = 16_384           # tokens per periodic pass
 CHECKPOINTS_PER_RUN = 4
@@ -96,6 +104,10 @@ class Probe:
     device: str
     precision: str
     threads: int
+    # what the run is planned at (`steady`): flops_per_s and tokens_per_s above become the median of this
+    # machine's recent probes; measured_flops_per_s keeps this probe's own reading, history the probes counted
+    measured_flops_per_s: float | None = None
+    history: int = 1
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -110,6 +122,51 @@ def probe(seconds: float, device=None, precision: str = "fp32", vocab_size: int 
     tps, steps = measure_speed(mcfg, REFERENCE["batch_size"], REFERENCE["context"], seconds, device, precision)
     return Probe(tokens_per_s=tps, flops_per_s=tps * train_flops_per_token(mcfg), seconds=time.perf_counter() - t0,
                  steps=steps, device=str(device or "cpu"), precision=precision, threads=torch.get_num_threads())
+
+
+def history_key(pr: Probe, vocab_size: int) -> str:
+    """What a probe's reading depends on besides the moment: the CPU (or GPU), torch, threads, precision."""
+    import hashlib
+
+    import torch
+
+    from ..runtime.device import cpu_fingerprint
+
+    where = cpu_fingerprint() if pr.device == "cpu" else torch.cuda.get_device_name(torch.device(pr.device))
+    what = {"where": where, "torch": torch.__version__, "device": pr.device.split(":")[0], "threads": pr.threads,
+            "precision": pr.precision, "vocab": vocab_size, "reference": REFERENCE}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def steady(pr: Probe, vocab_size: int, path: Path | None = None) -> Probe:
+    """`pr` planned at the median FLOP/s of this machine's last PROBE_HISTORY probes, `pr` included; `pr`
+    joins the history in `path` (default ~/.cache/tinystories/probe.json). A history that cannot be read
+    or written costs the steadiness, nothing else."""
+    import statistics
+
+    from ..runtime.device import cache_root
+    from ..runtime.files import atomic_write_json
+
+    path = path or cache_root() / PROBE_HISTORY_FILE
+    key = history_key(pr, vocab_size)
+
+    def read() -> dict:
+        try:
+            data = json.loads(path.read_text())
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):  # absent, or torn by hand: start again
+            return {}
+
+    past = read().get(key)
+    past = [float(v) for v in past if isinstance(v, (int, float)) and v > 0] if isinstance(past, list) else []
+    recent = (past + [pr.flops_per_s])[-PROBE_HISTORY:]
+    try:  # re-read: another run may have added its probe meanwhile
+        atomic_write_json(path, {**read(), key: recent})
+    except OSError:
+        pass
+    flops = statistics.median(recent)
+    return dataclasses.replace(pr, flops_per_s=flops, tokens_per_s=pr.tokens_per_s * flops / pr.flops_per_s,
+                               measured_flops_per_s=pr.flops_per_s, history=len(recent))
 
 
 # ===================================================================== the table
@@ -425,7 +482,7 @@ def _probe_as_training(cfg, device, world: int, table: Table, budget: float, say
     try:
         probe_s = min(MAX_PROBE_S, max(MIN_PROBE_S, PROBE_FRACTION * budget))
         precision = probe_precision(cfg.precision, table.vocab_size, device, probe_s / 4)
-        return probe(probe_s, device, precision, table.vocab_size)
+        return steady(probe(probe_s, device, precision, table.vocab_size), table.vocab_size)
     finally:
         torch.set_num_threads(old_threads)
 
@@ -434,9 +491,12 @@ def _explain(say, table: Table, row: Row, pr: Probe, *, vocab_size: int, budget:
              row_compute: float, new, shape: Row, model: dict, kept: list[str], batch: int, tps: float,
              steps: int, train_s: float, epochs: float) -> None:
     """The budget lines: the probe, the row picked and why, the recipe (naming the settings kept as yours)."""
+    measured = pr.measured_flops_per_s or pr.flops_per_s
+    steadied = (f"; the median of this machine's last {pr.history} probes, {pr.flops_per_s / 1e9:.1f} GFLOP/s, "
+                f"plans the run" if pr.history > 1 else "")
     say(f"budget: {format_duration(budget)} here ({pr.device}, {pr.precision}, {pr.threads} threads): a "
         f"{pr.seconds:.1f}s probe trained the reference {REFERENCE['hidden']}x{REFERENCE['layers']} model at "
-        f"{pr.tokens_per_s:,.0f} tokens/s = {pr.flops_per_s / 1e9:.1f} GFLOP/s "
+        f"{pr.tokens_per_s * measured / pr.flops_per_s:,.0f} tokens/s = {measured / 1e9:.1f} GFLOP/s{steadied} "
         f"({pr.flops_per_s / table.probe_flops_per_s:.2f}x the sweep machine)")
     got = f"{row.bpb:.3f} bits per byte, " if row.bpb is not None else ""
     # a row the sweep chose among several recipes, or one measured as the recipe of its budget (budget_check.py)
