@@ -18,8 +18,6 @@ differently (tests/test_precision.py checks this on a trained model).
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -29,7 +27,7 @@ import torch
 
 from ..data.tokenizer import Tokenizer
 from ..model.gpt_neo import GPTNeo
-from ..runtime.device import cache_root, cpu_fingerprint, cpu_has_bf16
+from ..runtime.device import cache_key, cache_root, cpu_fingerprint, cpu_has_bf16, read_cache
 from ..runtime.files import atomic_write_json
 from .sampling import generate
 
@@ -66,19 +64,16 @@ def choose_dtype(name: str, model: GPTNeo, tok: Tokenizer, *, cache: Path | None
     say = say or (lambda line: print(line, file=sys.stderr, flush=True))
     what = {"cpu": cpu_fingerprint(), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "model": model.config.to_dict()}
-    key = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:24]
+    key = cache_key(what)
     path = cache or cache_root() / CACHE_NAME
-    try:
-        known = json.loads(path.read_text())
-    except (OSError, ValueError):
-        known = {}
-    speeds = known.get(key) if isinstance(known, dict) else None
+    known = read_cache(path)
+    speeds = known.get(key)
     cached = isinstance(speeds, dict) and {"fp32", "bf16"} <= speeds.keys()
     if not cached:
         speeds = {"fp32": _tokens_per_s(model, tok),
                   "bf16": _tokens_per_s(copy.deepcopy(model).to(torch.bfloat16), tok)}
         try:
-            atomic_write_json(path, {**(known if isinstance(known, dict) else {}), key: speeds})
+            atomic_write_json(path, {**known, key: speeds})
         except OSError as e:
             say(f"dtype auto: could not cache the result in {path} ({e})")
     pick = "bf16" if speeds["bf16"] > (1 + MARGIN) * speeds["fp32"] else "fp32"

@@ -63,6 +63,25 @@ def cache_root() -> Path:
     return Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tinystories"
 
 
+def cache_key(what: dict) -> str:
+    """The key a per-machine cache (precision, decoding dtype, probe history) files `what` under: its hash."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def read_cache(path: Path) -> dict:
+    """A per-machine cache file's entries; {} when it is absent or torn by hand (measure again)."""
+    import json
+
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
 def cpu_fingerprint() -> str:
     """The CPU's model and feature flags: what a native build or a speed measurement depends on."""
     text = platform.machine() + platform.system()

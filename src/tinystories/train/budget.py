@@ -126,16 +126,14 @@ def probe(seconds: float, device=None, precision: str = "fp32", vocab_size: int 
 
 def history_key(pr: Probe, vocab_size: int) -> str:
     """What a probe's reading depends on besides the moment: the CPU (or GPU), torch, threads, precision."""
-    import hashlib
-
     import torch
 
-    from ..runtime.device import cpu_fingerprint
+    from ..runtime.device import cache_key, cpu_fingerprint
 
     where = cpu_fingerprint() if pr.device == "cpu" else torch.cuda.get_device_name(torch.device(pr.device))
     what = {"where": where, "torch": torch.__version__, "device": pr.device.split(":")[0], "threads": pr.threads,
             "precision": pr.precision, "vocab": vocab_size, "reference": REFERENCE}
-    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:24]
+    return cache_key(what)
 
 
 def steady(pr: Probe, vocab_size: int, path: Path | None = None) -> Probe:
@@ -144,24 +142,16 @@ def steady(pr: Probe, vocab_size: int, path: Path | None = None) -> Probe:
     or written costs the steadiness, nothing else."""
     import statistics
 
-    from ..runtime.device import cache_root
+    from ..runtime.device import cache_root, read_cache
     from ..runtime.files import atomic_write_json
 
     path = path or cache_root() / PROBE_HISTORY_FILE
     key = history_key(pr, vocab_size)
-
-    def read() -> dict:
-        try:
-            data = json.loads(path.read_text())
-            return data if isinstance(data, dict) else {}
-        except (OSError, ValueError):  # absent, or torn by hand: start again
-            return {}
-
-    past = read().get(key)
+    past = read_cache(path).get(key)
     past = [float(v) for v in past if isinstance(v, (int, float)) and v > 0] if isinstance(past, list) else []
     recent = (past + [pr.flops_per_s])[-PROBE_HISTORY:]
     try:  # re-read: another run may have added its probe meanwhile
-        atomic_write_json(path, {**read(), key: recent})
+        atomic_write_json(path, {**read_cache(path), key: recent})
     except OSError:
         pass
     flops = statistics.median(recent)

@@ -14,8 +14,6 @@ measuring: torch emulates bf16 there, tens of times slower.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import sys
 import time
@@ -29,9 +27,11 @@ from ..model.config import ModelConfig
 from ..model.gpt_neo import GPTNeo
 from ..runtime.device import (
     AUTOCAST,
+    cache_key as machine_cache_key,
     cache_root,
     cpu_fingerprint,
     cpu_has_bf16,
+    read_cache,
     resolve_precision,
 )
 from ..runtime.files import atomic_write_json
@@ -109,15 +109,7 @@ def pick(speeds: dict[str, float]) -> str:
 def cache_key(mcfg: ModelConfig, batch_size: int, context: int, device: torch.device) -> str:
     what = {"cpu": cpu_fingerprint(), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "device": device.type, "model": mcfg.to_dict(), "batch": batch_size, "context": context}
-    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:24]
-
-
-def _read(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):  # absent or torn by hand: measure again
-        return {}
+    return machine_cache_key(what)
 
 
 def _load() -> float:
@@ -154,7 +146,7 @@ def choose_precision(name: str, mcfg: ModelConfig, batch_size: int, context: int
         return choice
     path = cache or cache_root() / CACHE_NAME
     key = cache_key(mcfg, batch_size, context, device)
-    entry = _read(path).get(key)
+    entry = read_cache(path).get(key)
     if isinstance(entry, dict) and {"fp32", "bf16"} <= entry.keys() and not _stale(entry):
         speeds, cached = {p: float(entry[p]) for p in ("fp32", "bf16")}, True
     else:
@@ -163,7 +155,7 @@ def choose_precision(name: str, mcfg: ModelConfig, batch_size: int, context: int
         speeds = {p: measure_speed(mcfg, batch_size, context, seconds, device, p)[0] for p in ("fp32", "bf16")}
         cached = False
         try:  # re-read: another run may have added its own entry meanwhile
-            atomic_write_json(path, {**_read(path), key: {**speeds, "load": _load(), "model": mcfg.to_dict(),
+            atomic_write_json(path, {**read_cache(path), key: {**speeds, "load": _load(), "model": mcfg.to_dict(),
                                                           "batch": batch_size, "context": context,
                                                           "threads": torch.get_num_threads()}})
         except OSError as e:  # a read-only home costs a probe per run, nothing else
