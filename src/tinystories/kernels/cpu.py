@@ -102,6 +102,8 @@ def _load():
                 lib.decode_block.argtypes = [P, I, I, I, I, I, ctypes.POINTER(_Block), P, P, I, I, I, Fl, P, Fl, P, I]
                 lib.softmax_xent.argtypes = [P, P, P, I, I, Fl, P, I, I, I]
                 lib.decode_block_work.argtypes = [I, I, I, I, I]
+                lib.gelu_forward.argtypes = [P, P, ctypes.c_long, I, I]
+                lib.gelu_backward.argtypes = [P, P, P, ctypes.c_long, I, I]
                 lib.decode_block_work.restype = ctypes.c_long
                 _lib = lib
         except (OSError, subprocess.SubprocessError) as e:  # no compiler, no OpenMP runtime, read-only home...
@@ -225,6 +227,66 @@ def fused_attention(qkv: torch.Tensor, heads: int, window: int | None, scale: fl
     # autocast must not re-cast inside the op: the kernel takes qkv's own dtype
     with torch.autocast("cpu", enabled=False):
         return attention_fwd(qkv.contiguous(), heads, window or 0, float(scale))[0]
+
+
+# ------------------------------------------------------------------------ GELU (tanh) for training
+
+def use_gelu_kernel(x: torch.Tensor) -> bool:
+    """Whether `gelu` should take the C kernel for activations `x` (CPU, fp32 or bf16)."""
+    return x.device.type == "cpu" and x.dtype in _ATTENTION_DTYPES and attention_available()
+
+
+@torch.library.custom_op("tinystories::gelu_fwd", mutates_args=(), device_types="cpu")
+def gelu_fwd(x: torch.Tensor) -> torch.Tensor:
+    """gelu(x), tanh approximation (HF's gelu_new), in x's dtype with fp32 arithmetic."""
+    _check("gelu x", x, tuple(x.shape), _ATTENTION_DTYPES)
+    if _load() is None:
+        raise RuntimeError("fused gelu: the C kernels are unavailable here (check attention_available())")
+    y = torch.empty_like(x)
+    _lib.gelu_forward(x.data_ptr(), y.data_ptr(), x.numel(), torch.get_num_threads(), int(x.dtype == torch.bfloat16))
+    return y
+
+
+@gelu_fwd.register_fake
+def _(x):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("tinystories::gelu_bwd", mutates_args=(), device_types="cpu")
+def gelu_bwd(x: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
+    """dy * gelu'(x), in x's dtype with fp32 arithmetic."""
+    _check("gelu x", x, tuple(x.shape), _ATTENTION_DTYPES)
+    _check("gelu dy", dy, tuple(x.shape), (x.dtype,))
+    if _load() is None:
+        raise RuntimeError("fused gelu: the C kernels are unavailable here (check attention_available())")
+    dx = torch.empty_like(x)
+    _lib.gelu_backward(x.data_ptr(), dy.data_ptr(), dx.data_ptr(), x.numel(), torch.get_num_threads(),
+                       int(x.dtype == torch.bfloat16))
+    return dx
+
+
+@gelu_bwd.register_fake
+def _(x, dy):
+    return torch.empty_like(x)
+
+
+def _gelu_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0])
+
+
+def _gelu_grad(ctx, dy):
+    (x,) = ctx.saved_tensors
+    return gelu_bwd(x, dy.contiguous().to(x.dtype))
+
+
+gelu_fwd.register_autograd(_gelu_grad, setup_context=_gelu_setup)
+
+
+def gelu(x: torch.Tensor) -> torch.Tensor:
+    """F.gelu(x, approximate="tanh") through the C kernel (fp32 or bf16 on a CPU; see use_gelu_kernel):
+    the same function to within fp32 rounding, each element computed alone."""
+    with torch.autocast("cpu", enabled=False):
+        return gelu_fwd(x.contiguous())
 
 
 # ------------------------------------------------------------------------ generation's matrix products

@@ -219,7 +219,12 @@ class MLP(nn.Module):
 
     def forward(self, x):
         h = self.c_fc(x)
-        h = F.relu(h).square() if self.relu2 else F.gelu(h, approximate="tanh")
+        if self.relu2:
+            h = F.relu(h).square()
+        elif self.training and torch.is_grad_enabled() and kernels.use_gelu_kernel(h):
+            h = kernels.gelu(h)  # the library's gelu runs at ~1 G elements/s on a CPU (kernels.c)
+        else:
+            h = F.gelu(h, approximate="tanh")
         y = self.c_proj(h)
         return self.drop(y) if self.training and self.drop.p else y
 

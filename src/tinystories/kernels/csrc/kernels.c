@@ -42,7 +42,7 @@ static inline float exp_neg(float x) {
     return p * s;
 }
 
-static inline int round8(int n) { return (n + 7) & ~7; }
+
 
 /* Activations arrive as fp32 or bf16 (`bf` set: bf16 autocast). bf16 is converted to fp32 in
    registers where a row is read (packing keys and values, loading queries) and rounded back where
@@ -69,27 +69,44 @@ static inline int first_key(int i, int window) {
 }
 
 /* Four query rows at a time: every key and value loaded serves four rows. A head's keys and
-   values are packed [DP][TP] (DP = D rounded up to even, TP = T rounded up to 8, plus 8), zero-
-   padded, so that loops run in whole vectors of 8 keys; score rows hold zeros outside each row's
+   values are packed [DP][TP] (DP = D rounded up to even, TP = T rounded up to VW, plus VW), zero-
+   padded, so that loops run in whole vectors of VW keys; score rows hold zeros outside each row's
    keys, so the padding contributes nothing. */
 #define R 4
 
-/* 8 floats in a vector register (GCC/clang vector extension: AVX on x86, pairs of NEON/SSE elsewhere) */
-typedef float v8 __attribute__((vector_size(32)));
-static inline v8 ld8(const float *p) { v8 v; memcpy(&v, p, sizeof v); return v; }
-static inline void st8(float *p, v8 v) { memcpy(p, &v, sizeof v); }
-static inline float hsum8(v8 v) { return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7])); }
+/* VW floats in a vector register (GCC/clang vector extension). VW is 16 where the compiler targets
+   AVX-512 (one zmm register), else 8 (one AVX ymm register; pairs of NEON/SSE registers elsewhere).
+   Why 16: on a Zen 5 (full-width AVX-512) a 512-bit multiply-add does twice the work of a 256-bit
+   one, and GCC already vectorizes the plain loops here (the exps) at 512 bits with -march=native;
+   the block products, written with these types, were held at 256. Measured: README, "Attention at
+   512 bits". */
+#ifdef __AVX512F__
+#define VW 16
+#else
+#define VW 8
+#endif
+typedef float vf __attribute__((vector_size(4 * VW)));
+typedef int32_t vi __attribute__((vector_size(4 * VW)));
+typedef uint32_t vu __attribute__((vector_size(4 * VW)));
+typedef uint16_t vh __attribute__((vector_size(2 * VW)));
+static inline int roundv(int n) { return (n + VW - 1) & ~(VW - 1); }
+static inline vf ldv(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
+static inline void stv(float *p, vf v) { memcpy(p, &v, sizeof v); }
+/* the lanes' sum: halves folded onto each other down to four, then (h0 + h1) + (h2 + h3) */
+static inline float hsum(vf v) {
+    float h[VW];
+    memcpy(h, &v, sizeof h);
+    for (int w = VW / 2; w >= 4; w /= 2)
+        for (int k = 0; k < w; k++) h[k] += h[k + w];
+    return (h[0] + h[1]) + (h[2] + h[3]);
+}
 
-typedef int32_t vi8 __attribute__((vector_size(32)));
-typedef uint32_t vu8 __attribute__((vector_size(32)));
-typedef uint16_t vh8 __attribute__((vector_size(16)));
-
-/* 8 consecutive activations (fp32 or bf16) as fp32 */
-static inline v8 ld8x(const void *p, size_t i, int bf) {
-    if (!bf) return ld8((const float *)p + i);
-    vh8 h;
+/* VW consecutive activations (fp32 or bf16) as fp32 */
+static inline vf ldvx(const void *p, size_t i, int bf) {
+    if (!bf) return ldv((const float *)p + i);
+    vh h;
     memcpy(&h, (const uint16_t *)p + i, sizeof h);
-    return (v8)(__builtin_convertvector(h, vu8) << 16);
+    return (vf)(__builtin_convertvector(h, vu) << 16);
 }
 
 /* max(p[off], ..., p[off + n - 1]), n >= 1. A running maximum in a scalar loop is a chain of dependent
@@ -98,15 +115,16 @@ static inline v8 ld8x(const void *p, size_t i, int bf) {
    and blend. Measured on the 8M preset in bf16 (Zen 4, 2 threads): the attention forward went from
    21.6 to 18.8 ms a layer. */
 static inline float max_run(const void *p, size_t off, int n, int bf) {
-    v8 mx = {-INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY};
+    vf mx;
+    for (int k = 0; k < VW; k++) mx[k] = -INFINITY;
     int j = 0;
-    for (; j + 8 <= n; j += 8) {
-        const v8 v = ld8x(p, off + j, bf);
-        const vi8 gt = v > mx;
-        mx = (v8)(((vi8)v & gt) | ((vi8)mx & ~gt));
+    for (; j + VW <= n; j += VW) {
+        const vf v = ldvx(p, off + j, bf);
+        const vi gt = v > mx;
+        mx = (vf)(((vi)v & gt) | ((vi)mx & ~gt));
     }
     float m = mx[0];
-    for (int k = 1; k < 8; k++) m = mx[k] > m ? mx[k] : m;
+    for (int k = 1; k < VW; k++) m = mx[k] > m ? mx[k] : m;
     for (; j < n; j++) {
         const float v = ld(p, off + j, bf);
         m = v > m ? v : m;
@@ -120,39 +138,39 @@ static inline float max_run(const void *p, size_t off, int n, int bf) {
    each gets the registers to itself: forward and backward 1.3-1.5x faster (batch 8 x 512, 16 heads of
    16 and of 48, bf16, Zen 4), the same results to the bit. */
 
-/* S[r][j] = sum_d A[r][d] * M[d][j] for r < R, j < n (rounded up to 8); M offset to the first key */
+/* S[r][j] = sum_d A[r][d] * M[d][j] for r < R, j < n (rounded up to VW); M offset to the first key */
 static __attribute__((noinline))
 void block_dot(float *restrict S, int ls, const float *restrict A, const float *restrict M, int D,
                int TP, int n) {
-    for (int j = 0; j < n; j += 8) {
-        v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+    for (int j = 0; j < n; j += VW) {
+        vf a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
         for (int d = 0; d < D; d++) {
-            const v8 m = ld8(M + (size_t)d * TP + j);
+            const vf m = ldv(M + (size_t)d * TP + j);
             a0 += A[d] * m; a1 += A[D + d] * m; a2 += A[2 * D + d] * m; a3 += A[3 * D + d] * m;
         }
-        st8(S + j, a0); st8(S + ls + j, a1); st8(S + 2 * ls + j, a2); st8(S + 3 * ls + j, a3);
+        stv(S + j, a0); stv(S + ls + j, a1); stv(S + 2 * ls + j, a2); stv(S + 3 * ls + j, a3);
     }
 }
 
-/* O[r][d] = sum_j P[r][j] * M[d][j] for r < R, d < D (even), j < n (rounded up to 8) */
+/* O[r][d] = sum_j P[r][j] * M[d][j] for r < R, d < D (even), j < n (rounded up to VW) */
 static __attribute__((noinline))
 void block_reduce(float *restrict O, const float *restrict P, int lp, const float *restrict M, int D,
                   int TP, int n) {
     for (int d = 0; d < D; d += 2) {
         const float *m0 = M + (size_t)d * TP, *m1 = m0 + TP;
-        v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};
-        for (int j = 0; j < n; j += 8) {
-            const v8 p0 = ld8(P + j), p1 = ld8(P + lp + j), p2 = ld8(P + 2 * lp + j), p3 = ld8(P + 3 * lp + j);
-            const v8 x = ld8(m0 + j), z = ld8(m1 + j);
+        vf a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};
+        for (int j = 0; j < n; j += VW) {
+            const vf p0 = ldv(P + j), p1 = ldv(P + lp + j), p2 = ldv(P + 2 * lp + j), p3 = ldv(P + 3 * lp + j);
+            const vf x = ldv(m0 + j), z = ldv(m1 + j);
             a0 += p0 * x; a1 += p1 * x; a2 += p2 * x; a3 += p3 * x;
             b0 += p0 * z; b1 += p1 * z; b2 += p2 * z; b3 += p3 * z;
         }
-        O[d] = hsum8(a0); O[D + d] = hsum8(a1); O[2 * D + d] = hsum8(a2); O[3 * D + d] = hsum8(a3);
-        O[d + 1] = hsum8(b0); O[D + d + 1] = hsum8(b1); O[2 * D + d + 1] = hsum8(b2); O[3 * D + d + 1] = hsum8(b3);
+        O[d] = hsum(a0); O[D + d] = hsum(a1); O[2 * D + d] = hsum(a2); O[3 * D + d] = hsum(a3);
+        O[d + 1] = hsum(b0); O[D + d + 1] = hsum(b1); O[2 * D + d + 1] = hsum(b2); O[3 * D + d + 1] = hsum(b3);
     }
 }
 
-/* M[d][j] += sum_r A[r][d] * P[r][j] for d < D (even), j < n (rounded up to 8) */
+/* M[d][j] += sum_r A[r][d] * P[r][j] for d < D (even), j < n (rounded up to VW) */
 static __attribute__((noinline))
 void block_outer(float *restrict M, int TP, const float *restrict A, const float *restrict P, int lp,
                  int D, int n) {
@@ -160,10 +178,10 @@ void block_outer(float *restrict M, int TP, const float *restrict A, const float
         float *m0 = M + (size_t)d * TP, *m1 = m0 + TP;
         const float x0 = A[d], x1 = A[D + d], x2 = A[2 * D + d], x3 = A[3 * D + d];
         const float z0 = A[d + 1], z1 = A[D + d + 1], z2 = A[2 * D + d + 1], z3 = A[3 * D + d + 1];
-        for (int j = 0; j < n; j += 8) {
-            const v8 p0 = ld8(P + j), p1 = ld8(P + lp + j), p2 = ld8(P + 2 * lp + j), p3 = ld8(P + 3 * lp + j);
-            st8(m0 + j, ld8(m0 + j) + x0 * p0 + x1 * p1 + x2 * p2 + x3 * p3);
-            st8(m1 + j, ld8(m1 + j) + z0 * p0 + z1 * p1 + z2 * p2 + z3 * p3);
+        for (int j = 0; j < n; j += VW) {
+            const vf p0 = ldv(P + j), p1 = ldv(P + lp + j), p2 = ldv(P + 2 * lp + j), p3 = ldv(P + 3 * lp + j);
+            stv(m0 + j, ldv(m0 + j) + x0 * p0 + x1 * p1 + x2 * p2 + x3 * p3);
+            stv(m1 + j, ldv(m1 + j) + z0 * p0 + z1 * p1 + z2 * p2 + z3 * p3);
         }
     }
 }
@@ -204,7 +222,7 @@ static void pack_kv(const void *qkv, size_t base, size_t rs, int C, int h, int D
 
 static int forward_range(const void *qkv, void *y, float *lse, int T, int H, int D, int window, float scale,
                          int bh_begin, int bh_end, int bf) {
-    const int C = H * D, DP = D + (D & 1), TP = round8(T) + 8;
+    const int C = H * D, DP = D + (D & 1), TP = roundv(T) + VW;
     const size_t rs = (size_t)3 * C;
     float *buf = calloc((size_t)2 * DP * TP + (size_t)R * TP + 2 * R * DP, sizeof(float));
     if (!buf) return -1;
@@ -215,7 +233,7 @@ static int forward_range(const void *qkv, void *y, float *lse, int T, int H, int
         pack_kv(qkv, base, rs, C, h, D, DP, T, TP, KT, VT, bf);
         for (int i0 = 0; i0 < T; i0 += R) {
             const int rows = T - i0 < R ? T - i0 : R;
-            const int lo = first_key(i0, window), n = round8(i0 + rows - lo);
+            const int lo = first_key(i0, window), n = roundv(i0 + rows - lo);
             if (i0 + AHEAD + R <= T) {
                 prefetch_rows(qkv, base + (size_t)(i0 + AHEAD) * rs + h * D, rs, R, D, bf);
                 prefetch_rows(y, ((size_t)b * T + i0 + AHEAD) * C + h * D, C, R, D, bf);
@@ -254,7 +272,7 @@ static int forward_range(const void *qkv, void *y, float *lse, int T, int H, int
    with delta = dy . y; dQ = dS K, dK = dS^T Q, dV = P^T dy (dK and dV accumulated per head). */
 static int backward_range(const void *qkv, const void *y, const void *dy, const float *lse, void *dqkv, int T,
                           int H, int D, int window, float scale, int bh_begin, int bh_end, int bf) {
-    const int C = H * D, DP = D + (D & 1), TP = round8(T) + 8;
+    const int C = H * D, DP = D + (D & 1), TP = roundv(T) + VW;
     const size_t rs = (size_t)3 * C;
     float *buf = calloc((size_t)4 * DP * TP + (size_t)2 * R * TP + 3 * R * DP, sizeof(float));
     if (!buf) return -1;
@@ -268,7 +286,7 @@ static int backward_range(const void *qkv, const void *y, const void *dy, const 
         memset(dKT, 0, sizeof(float) * (size_t)2 * DP * TP);
         for (int i0 = 0; i0 < T; i0 += R) {
             const int rows = T - i0 < R ? T - i0 : R;
-            const int lo = first_key(i0, window), n = round8(i0 + rows - lo);
+            const int lo = first_key(i0, window), n = roundv(i0 + rows - lo);
             float delta[R];
             if (i0 + AHEAD + R <= T) {
                 const size_t ahead = (size_t)b * T + i0 + AHEAD;
@@ -649,3 +667,61 @@ int softmax_xent(const void *logits, const int64_t *targets, void *grad, int row
     *loss_sum = total;
     return 0;
 }
+
+/* ------------------------------------------------------------------ GELU (tanh) for training
+
+   y = gelu(x) and dx = dy * gelu'(x), elementwise, for the MLP under training (fp32 or bf16, `bf`;
+   the arithmetic is fp32). Why: the library's gelu and gelu_backward ran at about 1 G elements/s on
+   two cores in either precision (12.8 and 10 ms a call at the 33M preset's [4096 x 3072], bf16, Zen
+   5), where this is bound by reading and writing the activations. With t = exp(-2|u|) and q = 1 / (1 + t),
+   0.5 (1 + tanh u) is q for u >= 0 and t q for u < 0, and 1 - tanh(u)^2 = 4 t q^2: no 1 + tanh u
+   that cancels in the left tail (the decoder's gelu_tanh above does cancel there, by about 1e-6). So
+   gelu(x) = x h and gelu'(x) = h + 2 x t q^2 sqrt(2/pi) (1 + 3 0.044715 x^2), h = 0.5 (1 + tanh u). */
+static inline float gelu_train(float x) {
+    const float u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
+    const float t = exp_neg(-2.0f * fabsf(u)), q = 1.0f / (1.0f + t);
+    return x * (u < 0 ? t * q : q);
+}
+
+static inline float gelu_train_grad(float x) {
+    const float k = 0.7978845608028654f, u = k * (x + 0.044715f * x * x * x);
+    const float t = exp_neg(-2.0f * fabsf(u)), q = 1.0f / (1.0f + t);
+    return (u < 0 ? t * q : q) + 2.0f * x * t * q * q * k * (1.0f + 0.134145f * x * x);
+}
+
+/* chunks of 4096 elements, so that the bf16 conversions run over short fp32 buffers on the stack */
+#define GELU_CHUNK 4096
+int gelu_forward(const void *x, void *y, long n, int threads, int bf) {
+    const long chunks = (n + GELU_CHUNK - 1) / GELU_CHUNK;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads > 0 ? threads : 1) schedule(static)
+#else
+    (void)threads;
+#endif
+    for (long c = 0; c < chunks; c++) {
+        const long i0 = c * GELU_CHUNK, m = n - i0 < GELU_CHUNK ? n - i0 : GELU_CHUNK;
+        float buf[GELU_CHUNK];
+        for (long i = 0; i < m; i++) buf[i] = ld(x, i0 + i, bf);
+        for (long i = 0; i < m; i++) buf[i] = gelu_train(buf[i]);
+        for (long i = 0; i < m; i++) st(y, i0 + i, buf[i], bf);
+    }
+    return 0;
+}
+
+int gelu_backward(const void *x, const void *dy, void *dx, long n, int threads, int bf) {
+    const long chunks = (n + GELU_CHUNK - 1) / GELU_CHUNK;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads > 0 ? threads : 1) schedule(static)
+#else
+    (void)threads;
+#endif
+    for (long c = 0; c < chunks; c++) {
+        const long i0 = c * GELU_CHUNK, m = n - i0 < GELU_CHUNK ? n - i0 : GELU_CHUNK;
+        float buf[GELU_CHUNK];
+        for (long i = 0; i < m; i++) buf[i] = ld(x, i0 + i, bf);
+        for (long i = 0; i < m; i++) buf[i] = gelu_train_grad(buf[i]) * ld(dy, i0 + i, bf);
+        for (long i = 0; i < m; i++) st(dx, i0 + i, buf[i], bf);
+    }
+    return 0;
+}
+#undef GELU_CHUNK
