@@ -86,6 +86,42 @@ def test_fused_attention_in_bf16_equals_fp32_sdpa_on_the_same_numbers(head_dim, 
     assert (grad.float() - ref_grad).abs().max() <= 2 ** -8 * ref_grad.abs().max()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_gelu_equals_the_librarys_tanh_gelu_with_gradients(dtype):
+    """The training MLP's C gelu against F.gelu(approximate="tanh") and its autograd gradient: fp32 to
+    within fp32 rounding; bf16 computes in fp32 on the same bf16 inputs and rounds once, so it is within
+    one bf16 rounding (2^-8 relative) of the library's fp32 result. The size is not a multiple of the
+    kernel's chunks, and the values run from the tails (|x| up to 100, where tanh saturates) through 0."""
+    torch.manual_seed(3)
+    x = torch.cat([torch.randn(3 * 4097) * 3, torch.linspace(-100, 100, 1001), torch.zeros(1)]).to(dtype)
+    g = torch.randn_like(x, dtype=torch.float32).to(dtype)
+    ref_in = x.float().requires_grad_()
+    ref = F.gelu(ref_in, approximate="tanh")
+    (ref_grad,) = torch.autograd.grad(ref, ref_in, g.float())
+    xi = x.clone().requires_grad_()
+    out = kernels.gelu(xi)
+    (grad,) = torch.autograd.grad(out, xi, g)
+    assert out.dtype == grad.dtype == dtype and out.shape == x.shape
+    tol = 2e-6 if dtype == torch.float32 else 2 ** -8
+    assert ((out.float() - ref).abs() <= tol * ref.abs().clamp(min=1.0)).all()
+    assert ((grad.float() - ref_grad).abs() <= tol * ref_grad.abs().clamp(min=1.0)).all()
+    # a 2-D activation (the MLP's [rows, 4C]) and a model in training mode take it; eval keeps the library's
+    cfg = ModelConfig(vocab_size=300, context=64, hidden=32, layers=1, heads=8)
+    mlp = GPTNeo(cfg).blocks[0].mlp
+    h = torch.randn(2, 64, 32)
+    calls = []
+    fused = kernels.gelu
+    try:
+        kernels.gelu = lambda t: calls.append(t.shape) or fused(t)
+        train_out = mlp.train()(h)
+        with torch.no_grad():
+            eval_out = mlp.eval()(h)
+    finally:
+        kernels.gelu = fused
+    assert calls == [torch.Size([2, 64, 128])]
+    assert torch.allclose(train_out, eval_out, atol=1e-6)
+
+
 def test_kernel_boundary_rejects_wrong_shapes_dtypes_and_arguments():
     """The C entry points take sizes only from checked tensors: a mistake raises, never corrupts."""
     B, T, H, D = 2, 9, 2, 4
@@ -103,12 +139,18 @@ def test_kernel_boundary_rejects_wrong_shapes_dtypes_and_arguments():
         lambda: kernels.softmax_xent(torch.randn(3, 5), torch.tensor([0, 5, 1]), 1.0, True, torch.float32),  # target
         lambda: kernels.softmax_xent(torch.randn(3, 5), torch.tensor([0, 1]), 1.0, True, torch.float32),     # rows
         lambda: kernels.softmax_xent(torch.randn(3, 5), torch.tensor([0, 1, 2]).int(), 1.0, True, torch.float32),
+        lambda: kernels.gelu_fwd(qkv.double()),                               # gelu: dtype
+        lambda: kernels.gelu_fwd(qkv.transpose(0, 1)),                        # gelu: layout
+        lambda: kernels.gelu_bwd(qkv, qkv.bfloat16()),                        # gelu: mixed dtypes
+        lambda: kernels.gelu_bwd(qkv, y),                                     # gelu: shapes differ
     ]
     for call in bad_calls:
         with pytest.raises(ValueError):
             call()
     # the registration: schema matches what the op does, and the fake (tracing) version agrees on shapes
     checks = torch.library.opcheck(kernels.attention_fwd, (qkv, H, 3, 0.5), test_utils=("test_schema", "test_faketensor"))
+    assert set(checks.values()) == {"SUCCESS"}
+    checks = torch.library.opcheck(kernels.gelu_fwd, (qkv,), test_utils=("test_schema", "test_faketensor"))
     assert set(checks.values()) == {"SUCCESS"}
 
 
@@ -367,3 +409,34 @@ def test_static_decode_for_cuda_graphs_equals_decode():
                 a = fast.decode(model, ids[:, n:n + 1], c1, n, pad=pad, weights=w)
                 b = fast.decode_static(model, ids[:, n:n + 1], c2, torch.tensor(n), pad, w)
                 assert (a - b).abs().max() < 1e-5
+
+
+_KEPT = """
+import sys, torch
+from tinystories.runtime.device import keep_freed_memory
+torch.set_num_threads(1)
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096
+before = rss()
+acts = [torch.ones(4 * 2 ** 20) for _ in range(6)]  # a step's activations: 6 x 16 MiB, used, then freed at once
+del acts
+print((rss() - before) // 2 ** 20)
+"""
+
+
+def test_training_keeps_freed_memory_for_the_next_step():
+    """keep_freed_memory (called by `train` on a CPU): the activations a step frees stay in the process
+    for the next step to reuse, where glibc's defaults give them back to the kernel (munmap, or trimming
+    the heap), and the next step faults every page back in, zeroed (240 MiB a step on the 8M preset)."""
+    import ctypes
+    import subprocess
+    import sys
+
+    if not hasattr(ctypes.CDLL(None), "mallopt") or not os.path.exists("/proc/self/statm"):
+        pytest.skip("not glibc on Linux: keep_freed_memory does nothing here")
+    kept = {how: int(subprocess.run([sys.executable, "-c", _KEPT, how], capture_output=True, text=True,
+                                    check=True).stdout) for how in ("default", "keep")}
+    assert kept["default"] < 20  # MiB still resident after the free: given back
+    assert kept["keep"] >= 90    # kept: the 96 MiB stay for reuse

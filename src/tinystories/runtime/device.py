@@ -57,6 +57,33 @@ def physical_cores() -> int:
     return max(1, len(cores))
 
 
+_KEEPING = False
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep the memory that training frees, for the next step to reuse. By default it
+    returns the top of its heap to the kernel once more than twice its (dynamic) mmap threshold lies free
+    there, and a training step frees most of its activations at once, so each step got them back as new
+    pages: 240 MiB a step of minor page faults, each page zeroed by the kernel, on the 8M preset at batch
+    8 x 512 in bf16. A fixed 32 MiB threshold (glibc's largest: bigger blocks still come from mmap) and a
+    2 GiB trim threshold leave about 1 MiB a step, and that step ran 13-16% faster (Zen 5, README). The
+    process then keeps its peak memory until it exits, as a training run does anyway. Process-wide,
+    once; False where the C library has no mallopt (not glibc) or refuses."""
+    global _KEEPING
+    if _KEEPING:
+        return True
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    _KEEPING = mallopt(M_MMAP_THRESHOLD, 32 * 2 ** 20) == 1 and mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1) == 1
+    return _KEEPING
+
+
 def cache_root() -> Path:
     """~/.cache/tinystories (or $TINYSTORIES_CACHE, or under $XDG_CACHE_HOME): per-machine caches."""
     env = os.environ.get("TINYSTORIES_CACHE")

@@ -37,7 +37,7 @@ from ..generate.sampling import generate
 from ..model.config import ModelConfig, preset_config
 from ..model.modeldir import save_model
 from ..runtime.console import format_duration, progress
-from ..runtime.device import AUTOCAST, physical_cores
+from ..runtime.device import AUTOCAST, keep_freed_memory, physical_cores
 from ..runtime.distributed import Dist, barrier, broadcast, gather, init_distributed
 from ..runtime.files import atomic_dir, atomic_write_json, check_apart
 from . import checkpoint as ckpt
@@ -118,6 +118,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, force: bool = False) -> dic
     """
     dist_, device = init_distributed(cfg.device)
     old_threads = torch.get_num_threads()
+    if device.type == "cpu":
+        keep_freed_memory()  # before the budget probe, so that it times steps as the run will take them
     try:
         if not cfg.out:
             raise UserError("--out is required: the run directory to write")
